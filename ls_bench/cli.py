@@ -1,0 +1,66 @@
+"""The `ls-bench` command: Hydra composes the config, this module turns it into the typed
+`Config`, validates it and hands it to `train.fit`. The only module that imports hydra."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
+from omegaconf import DictConfig, OmegaConf
+
+from ls_bench.config import Config, ConfigError, validate
+
+ConfigStore.instance().store(name="ls_bench_schema", node=Config)
+# configs/ sits beside the package in the source tree (install with `pip install -e .`).
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+
+
+class UserError(CompactHydraException):
+    """Hydra prints a CompactHydraException as its message alone: one line, no traceback."""
+
+
+def to_config(cfg: DictConfig) -> Config:
+    config = OmegaConf.to_object(cfg)
+    assert isinstance(config, Config)
+    validate(config)
+    return config
+
+
+def _configure_threads() -> None:
+    """Split the cores between jobs that the joblib launcher runs side by side."""
+    launcher = HydraConfig.get().launcher
+    n_jobs = launcher.get("n_jobs") if "n_jobs" in launcher else None
+    if n_jobs and n_jobs > 0:
+        os.environ.setdefault("LS_BENCH_JOBS", str(n_jobs))
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def _run(cfg: DictConfig) -> float | None:
+    from ls_bench.train import CheckpointError, RunFailed, fit  # torch loads after argument parsing
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        config = to_config(cfg)
+        _configure_threads()
+        final = fit(config, run_dir)
+    except (ConfigError, CheckpointError) as e:
+        raise UserError(f"ls-bench: error: {e}") from None
+    except RunFailed as e:
+        raise UserError(f"ls-bench: run failed ({run_dir}): {e}; see failed.json") from None
+    return final.get("val/nll")  # the value a Hydra sweeper would minimise
+
+
+def main() -> None:
+    if "--debug" in sys.argv:  # full Python tracebacks for every error
+        sys.argv.remove("--debug")
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+    _run()
+
+
+if __name__ == "__main__":
+    main()

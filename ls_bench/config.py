@@ -1,0 +1,173 @@
+"""The config schema: typed dataclasses, registered in Hydra's ConfigStore by the CLI.
+
+YAML files under configs/ hold values; these dataclasses hold the types, so an override
+with a misspelt key or a wrong type fails when Hydra composes the config, before training.
+`validate` adds the range checks a type cannot express. This module does not import hydra.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+
+class ConfigError(ValueError):
+    """A user mistake in the config or the data it points at; printed as one line, no traceback."""
+
+
+def bad(key: str, value: Any, allowed: str) -> ConfigError:
+    """The one-line error format: the field, the value, what is allowed."""
+    return ConfigError(f"{key}={value!r} is invalid: {allowed}")
+
+
+@dataclass
+class LabelNoiseConfig:
+    rate: float = 0.0  # fraction of training labels flipped once, before training
+    kind: str = "symmetric"  # symmetric | asymmetric
+    seed: Optional[int] = None  # default: derived from the top-level seed
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"  # digits | cifar10 | cifar100 | svhn | imagefolder
+    root: str = "./data"
+    download: bool = True
+    val_size: int = 300  # held out from the training set (stratified, split_seed)
+    test_size: int = 360  # only for datasets without an official test split (digits)
+    train_size: Optional[int] = None  # stratified subset of what remains after val
+    split_seed: int = 0
+    augment: bool = False  # random crop (pad 4) + horizontal flip, on the device
+    classes: Optional[List[int]] = None  # keep only these labels, renumbered 0..len-1
+    cache_dir: Optional[str] = None  # decoded-image cache; default ~/.cache/ls-bench
+    label_noise: LabelNoiseConfig = field(default_factory=LabelNoiseConfig)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "small_cnn"
+
+
+@dataclass
+class LossConfig:
+    name: str = "label_smoothing"  # see ls_bench.losses.LOSSES
+    epsilon: float = 0.0  # smoothing mass; 0 is one-hot cross-entropy
+    prior: Any = "uniform"  # uniform | others | class_prior | list of K probabilities
+    class_weights: Any = None  # None | balanced | list of K non-negative weights
+    gamma: float = 2.0  # focal loss exponent
+    beta: float = 0.1  # confidence-penalty weight
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 0.05  # peak learning rate, per batch of trainer.batch_size
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+
+
+@dataclass
+class SchedConfig:
+    name: str = "cosine"  # cosine | step | constant
+    warmup_epochs: float = 0.0  # linear warm-up from 0, in epochs
+    milestones: List[int] = field(default_factory=list)  # step: epochs where lr *= gamma
+    gamma: float = 0.1
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the model
+    num_threads: int = 0  # CPU threads per run; 0 = all cores, split across parallel jobs
+    progress: bool = True  # tqdm bars
+    checkpoint: bool = True  # last.pt after every epoch (resume)
+
+
+@dataclass
+class MetricsConfig:
+    n_bins: int = 15  # calibration bins (ECE family)
+    temperature_scaling: bool = True  # fit T on val at the end; report test_ts/*
+    top_k: Optional[int] = None  # extra top-k accuracy; default 5 when K >= 10
+
+
+@dataclass
+class SeedsConfig:
+    """Independent random streams; each defaults to one derived from the top-level seed."""
+
+    init: Optional[int] = None  # model initialisation
+    data: Optional[int] = None  # batch order and augmentation
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    seed: int = 0
+    seeds: SeedsConfig = field(default_factory=SeedsConfig)
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise bad(key, value, allowed)
+
+
+def _finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def validate(cfg: Config) -> None:
+    """Range and name checks that need no data; data-dependent checks live where the data is."""
+    from ls_bench.data import DATASETS
+    from ls_bench.losses import LOSSES
+    from ls_bench.models import MODELS
+
+    d, lo, o, s, t = cfg.data, cfg.loss, cfg.optim, cfg.sched, cfg.trainer
+    _check(d.name in DATASETS, "data.name", d.name, f"one of {sorted(DATASETS)}")
+    _check(cfg.model.name in MODELS, "model.name", cfg.model.name, f"one of {sorted(MODELS)}")
+    _check(lo.name in LOSSES, "loss.name", lo.name, f"one of {sorted(LOSSES)}")
+    _check(_finite(lo.epsilon) and 0 <= lo.epsilon < 1, "loss.epsilon", lo.epsilon, "must be in [0, 1)")
+    _check(_finite(lo.gamma) and lo.gamma >= 0, "loss.gamma", lo.gamma, "must be >= 0")
+    _check(_finite(lo.beta) and lo.beta >= 0, "loss.beta", lo.beta, "must be >= 0")
+    _check(d.val_size >= 0, "data.val_size", d.val_size, "must be >= 0")
+    _check(d.test_size > 0, "data.test_size", d.test_size, "must be > 0")
+    _check(d.train_size is None or d.train_size > 0, "data.train_size", d.train_size, "must be > 0 or null")
+    if d.classes is not None:
+        _check(len(d.classes) >= 2, "data.classes", d.classes, "must name at least 2 labels")
+        _check(len(set(d.classes)) == len(d.classes), "data.classes", d.classes, "labels must not repeat")
+    noise = d.label_noise
+    _check(_finite(noise.rate) and 0 <= noise.rate < 1, "data.label_noise.rate", noise.rate, "must be in [0, 1)")
+    _check(noise.kind in ("symmetric", "asymmetric"), "data.label_noise.kind", noise.kind, "symmetric or asymmetric")
+    _check(o.name == "sgd", "optim.name", o.name, "sgd")
+    _check(_finite(o.lr) and o.lr > 0, "optim.lr", o.lr, "must be > 0")
+    _check(_finite(o.momentum) and 0 <= o.momentum < 1, "optim.momentum", o.momentum, "must be in [0, 1)")
+    _check(not o.nesterov or o.momentum > 0, "optim.nesterov", o.nesterov, "needs optim.momentum > 0")
+    _check(_finite(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
+    _check(s.name in ("cosine", "step", "constant"), "sched.name", s.name, "cosine, step or constant")
+    _check(_finite(s.warmup_epochs) and 0 <= s.warmup_epochs < t.epochs, "sched.warmup_epochs", s.warmup_epochs,
+           f"must be in [0, trainer.epochs={t.epochs})")
+    _check(_finite(s.gamma) and 0 < s.gamma <= 1, "sched.gamma", s.gamma, "must be in (0, 1]")
+    _check(all(0 < m for m in s.milestones), "sched.milestones", list(s.milestones), "epochs must be > 0")
+    _check(t.epochs >= 1, "trainer.epochs", t.epochs, "must be >= 1")
+    _check(t.batch_size >= 1, "trainer.batch_size", t.batch_size, "must be >= 1")
+    _check(t.eval_batch_size >= 1, "trainer.eval_batch_size", t.eval_batch_size, "must be >= 1")
+    _check(t.device == "auto" or t.device == "cpu" or t.device.split(":")[0] == "cuda", "trainer.device",
+           t.device, "auto, cpu, cuda or cuda:N")
+    _check(t.precision in ("auto", "bf16", "fp16", "fp32"), "trainer.precision", t.precision,
+           "auto, bf16, fp16 or fp32")
+    _check(t.num_threads >= 0, "trainer.num_threads", t.num_threads, "must be >= 0 (0 = automatic)")
+    _check(cfg.metrics.n_bins >= 1, "metrics.n_bins", cfg.metrics.n_bins, "must be >= 1")
+    _check(cfg.metrics.top_k is None or cfg.metrics.top_k >= 1, "metrics.top_k", cfg.metrics.top_k,
+           "must be >= 1 or null")
+    if cfg.metrics.temperature_scaling:
+        _check(d.val_size > 0, "data.val_size", d.val_size, "must be > 0 when metrics.temperature_scaling=true")

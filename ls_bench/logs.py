@@ -1,0 +1,98 @@
+"""Results written twice: TensorBoard for people, JSON for programs (reports read only the JSON).
+
+Per run directory:
+  metrics.jsonl   one JSON object per epoch: {"epoch": e, "train/loss": ..., "val/ece": ..., ...}
+  final.json      the final metrics, written atomically once the run has finished
+  failed.json     instead of final.json when the run failed: {"reason": ..., "epoch": ...}
+  tb/             TensorBoard event files (scalars, hparams, figures)
+One metric name everywhere: `split/name` (`val/ece`, `test/nll`, `test_ts/ece`, `perf/epoch_s`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file in the same directory, fsync, rename: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
+
+
+def _jsonable(x: Any) -> Any:
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    return str(x)
+
+
+def _finite_or_none(v: Any) -> Any:
+    return v if not isinstance(v, float) or math.isfinite(v) else None
+
+
+class RunLogger:
+    """Scalars to TensorBoard and metrics.jsonl with one call per epoch."""
+
+    def __init__(self, run_dir: Path, purge_step: int | None = None):
+        self.run_dir = run_dir
+        # purge_step: on resume, TensorBoard hides events at or after this epoch from the dead run.
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=purge_step)
+        self.jsonl = run_dir / "metrics.jsonl"
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        for k, v in metrics.items():
+            self.writer.add_scalar(k, v, epoch)
+        self.writer.flush()
+        line = json.dumps({"epoch": epoch, **{k: _finite_or_none(v) for k, v in metrics.items()}})
+        with open(self.jsonl, "a") as f:  # one short append per epoch; a torn last line is skipped on read
+            f.write(line + "\n")
+
+    def log_hparams(self, hparam_dict: dict[str, Any], metric_dict: dict[str, float]) -> None:
+        """HParams into this run's own event file (SummaryWriter.add_hparams would make a sub-run)."""
+        hp = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparam_dict.items()}
+        for summary in hparams(hp, metric_dict):
+            self.writer.file_writer.add_summary(summary)
+        for k, v in metric_dict.items():  # the dashboard reads each metric from a scalar of that tag
+            self.writer.add_scalar(k, v)
+        self.writer.flush()
+
+    def log_figure(self, tag: str, figure: Any, step: int = 0) -> None:
+        self.writer.add_figure(tag, figure, step, close=False)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Epoch records, skipping a torn last line left by a crash mid-write."""
+    out = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def truncate_jsonl(path: Path, last_epoch: int) -> None:
+    """Drop records after `last_epoch` (used on resume so no epoch is logged twice)."""
+    keep = [r for r in read_jsonl(path) if r.get("epoch", 0) <= last_epoch]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))

@@ -1,0 +1,363 @@
+"""The training loop: train_one_epoch, predict, fit. Plain functions, read top to bottom.
+
+fit() owns a run directory: it resumes from last.pt when one is there, skips the run when
+final.json is there, logs every epoch, and writes final.json (or failed.json) at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import platform
+import subprocess
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ls_bench import __version__
+from ls_bench.calibration import fit_temperature
+from ls_bench.config import Config, ConfigError, SchedConfig, bad
+from ls_bench.data import Dataset, Normalize, Split, eval_batches, load_dataset, train_batches
+from ls_bench.logs import RunLogger, read_jsonl, truncate_jsonl, write_json
+from ls_bench.losses import Criterion, as_multiclass, make_criterion
+from ls_bench.metrics import compute_metrics, default_top_k
+from ls_bench.models import build_model
+
+log = logging.getLogger(__name__)
+
+
+class RunFailed(RuntimeError):
+    """The run cannot continue (non-finite loss, ...); fit() writes failed.json before raising it."""
+
+
+class CheckpointError(RuntimeError):
+    """last.pt exists but cannot be loaded; the message names the file."""
+
+
+# --- environment -----------------------------------------------------------------------------
+
+
+def derive_seed(seed: int, stream: str) -> int:
+    """An independent 63-bit seed per named stream, so streams never share random numbers."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{stream}".encode()).digest()[:8], "little") >> 1
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise bad("trainer.device", name, "auto or cpu: no CUDA device is available here")
+    return torch.device(name)
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 on the CPU (AVX512-BF16 or AMX); without it bf16 autocast is slower than fp32."""
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return bool(probe and probe())
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype, or None for fp32. auto: bf16 where native, fp16 on older GPUs, else fp32."""
+    if name == "fp32":
+        return None
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_bf16() else None
+    if name == "fp16" and device.type == "cpu":
+        raise bad("trainer.precision", name, "bf16, fp32 or auto on the CPU (fp16 autocast is for CUDA)")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def set_threads(n: int) -> int:
+    """Threads for this process: n, or all cores divided among parallel jobs (LS_BENCH_JOBS)."""
+    if n == 0:
+        jobs = max(1, int(os.environ.get("LS_BENCH_JOBS", "1")))
+        n = max(1, (os.cpu_count() or 1) // jobs)
+    torch.set_num_threads(n)
+    return n
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# --- schedule ----------------------------------------------------------------------------------
+
+
+def lr_factor(step: int, steps_per_epoch: int, epochs: int, sched: SchedConfig) -> float:
+    """The learning-rate multiplier at optimizer step `step`: a pure function of the step.
+
+    Linear warm-up over `warmup_epochs`, then cosine to 0, or ×gamma at each milestone epoch.
+    """
+    total = steps_per_epoch * epochs
+    warm = round(sched.warmup_epochs * steps_per_epoch)
+    if step < warm:
+        return (step + 1) / warm
+    if sched.name == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+    if sched.name == "step":
+        epoch = step / steps_per_epoch
+        return sched.gamma ** sum(epoch >= m for m in sched.milestones)
+    return 1.0
+
+
+# --- one epoch, inference --------------------------------------------------------------------
+
+
+def train_one_epoch(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor, Tensor]], criterion: Criterion,
+                    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                    amp: contextlib.AbstractContextManager, scaler: torch.amp.GradScaler, loss_gen: torch.Generator,
+                    steps: int, progress: bool, desc: str) -> dict[str, float]:
+    """One pass over the batches. Loss and accuracy accumulate on the device and are read once
+    at the end (plus every `refresh` steps for the progress bar), so the device never waits."""
+    model.train()
+    device = next(model.parameters()).device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    first_bad = torch.full((), -1, device=device, dtype=torch.long)  # first step with a non-finite loss
+    seen, refresh = 0, 20
+    bar = tqdm(batches, total=steps, desc=desc, leave=False, disable=not progress)
+    for step, (x, y, _) in enumerate(bar):
+        with amp:
+            logits = model(x)
+        loss = criterion(logits, y, loss_gen)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        loss = loss.detach()
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
+        loss_sum += loss * len(y)
+        correct += (as_multiclass(logits.detach()).argmax(1) == y).sum()
+        seen += len(y)
+        if progress and (step + 1) % refresh == 0:
+            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.3f}")
+            if first_bad.item() >= 0:
+                break
+    if first_bad.item() >= 0:
+        raise RunFailed(f"non-finite training loss at step {first_bad.item()} of the epoch")
+    return {"train/loss": loss_sum.item() / seen, "train/acc": correct.item() / seen}
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, split: Split, batch_size: int, norm: Normalize,
+            amp: contextlib.AbstractContextManager, features: bool = False) -> Tensor:
+    """Logits (or penultimate features) of a whole split, float32 on the CPU, in large batches."""
+    model.eval()
+    fn = model.features if features else model
+    out = []
+    for x, _ in eval_batches(split, batch_size, norm):
+        with amp:
+            z = fn(x)
+        out.append(z.float())
+    z = torch.cat(out).cpu() if out else torch.empty(0, 0)
+    return z if features else as_multiclass(z)
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """torch.save to a temporary file, then rename: a crash never leaves half a checkpoint."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """weights_only=True: tensors and plain containers only; a pickled object is refused, not run."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} cannot be loaded safely ({first}); delete it to restart the "
+                              f"run from scratch") from None
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def setup(cfg: Config) -> tuple[Dataset, Criterion, dict[str, int]]:
+    """Everything that can fail on bad input, done before any training starts."""
+    seeds = {
+        "init": cfg.seeds.init if cfg.seeds.init is not None else derive_seed(cfg.seed, "init"),
+        "data": cfg.seeds.data if cfg.seeds.data is not None else derive_seed(cfg.seed, "data"),
+        "noise": (cfg.data.label_noise.seed if cfg.data.label_noise.seed is not None
+                  else derive_seed(cfg.seed, "noise")),
+    }
+    ds = load_dataset(cfg.data, seeds["noise"])
+    if len(ds.train) < 1:
+        raise bad("data.train_size", cfg.data.train_size, "leaves no training images")
+    criterion = make_criterion(cfg.loss, ds.num_classes, ds.class_counts())
+    top_k = cfg.metrics.top_k
+    if top_k is not None and top_k > ds.num_classes:
+        raise bad("metrics.top_k", top_k, f"must be <= the {ds.num_classes} classes of {cfg.data.name}")
+    return ds, criterion, seeds
+
+
+def fit(cfg: Config, run_dir: Path) -> dict[str, Any]:
+    """Train and evaluate one configuration into `run_dir`; returns the final metrics."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final_path, ckpt_path = run_dir / "final.json", run_dir / "last.pt"
+    if final_path.exists():
+        import json
+
+        log.info("%s exists: run already finished, skipping", final_path)
+        return json.loads(final_path.read_text())
+    (run_dir / "failed.json").unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    threads = set_threads(cfg.trainer.num_threads)
+    device = resolve_device(cfg.trainer.device)
+    amp_dtype = resolve_precision(cfg.trainer.precision, device)
+    ds, criterion, seeds = setup(cfg)
+    ds = ds.to(device)
+    norm = Normalize(ds.mean, ds.std, device, cfg.trainer.channels_last)
+    top_k = default_top_k(ds.num_classes, cfg.metrics.top_k)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    torch.manual_seed(seeds["init"])  # initial weights depend on the init seed only, never on ε
+    model = build_model(cfg.model.name, ds.in_channels, criterion.num_outputs, ds.image_size).to(device)
+    if cfg.trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    o = cfg.optim
+    optimizer = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                                weight_decay=o.weight_decay)
+    B = cfg.trainer.batch_size
+    steps = max(1, len(ds.train) // B)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, steps, cfg.trainer.epochs, cfg.sched))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    train_model = torch.compile(model) if cfg.trainer.compile else model
+    amp = autocast(device, amp_dtype)
+
+    start_epoch, history = 0, []
+    if ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, history = state["epoch"], state["history"]
+        truncate_jsonl(run_dir / "metrics.jsonl", start_epoch)
+        log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
+    else:
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+
+    info = {
+        "version": __version__, "git_commit": git_commit(), "torch": torch.__version__,
+        "python": platform.python_version(), "device": str(device),
+        "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32", "threads": threads,
+        "seeds": seeds, "classes": ds.classes, "sizes": {k: len(getattr(ds, k)) for k in ("train", "val", "test")},
+        "determinism": {"cudnn_benchmark": device.type == "cuda", "deterministic_algorithms": False,
+                        "note": "bit-identical reruns on the CPU with the same threads; CUDA is close, not exact"},
+        "label_noise": {"rate_requested": cfg.data.label_noise.rate, "flipped": len(ds.noisy_idx),
+                        "rate_realised": len(ds.noisy_idx) / len(ds.train)},
+    }
+    write_json(run_dir / "run_info.json", info)
+    if len(ds.noisy_idx):
+        np.save(run_dir / "noisy_indices.npy", ds.noisy_idx.cpu().numpy())
+    log.info("%s: %d train / %d val / %d test, %d classes; %s on %s (%s, %d threads); target for class 0: %s",
+             cfg.data.name, len(ds.train), len(ds.val), len(ds.test), ds.num_classes, cfg.model.name, device,
+             info["precision"], threads, [round(v, 4) for v in criterion.targets(torch.tensor([0]))[0].tolist()])
+
+    logger = RunLogger(run_dir, purge_step=start_epoch + 1)
+    epochs_bar = tqdm(range(start_epoch, cfg.trainer.epochs), desc="epochs", disable=not cfg.trainer.progress,
+                      initial=start_epoch, total=cfg.trainer.epochs)
+    try:
+        for epoch in epochs_bar:
+            t_ep = time.perf_counter()
+            data_seed = derive_seed(seeds["data"], f"epoch{epoch}")
+            batches = train_batches(ds.train, B, data_seed, ds.augment, norm)
+            loss_gen = torch.Generator(device).manual_seed(derive_seed(seeds["data"], f"flip{epoch}"))
+            try:
+                m = train_one_epoch(train_model, batches, criterion, optimizer, scheduler, amp, scaler, loss_gen,
+                                    steps, cfg.trainer.progress, f"epoch {epoch + 1}")
+            except RunFailed as e:
+                raise RunFailed(f"epoch {epoch + 1}: {e}") from None
+            train_s = time.perf_counter() - t_ep
+            m["lr"] = optimizer.param_groups[0]["lr"]
+            m["perf/train_img_per_s"] = steps * B / train_s
+            t_eval = time.perf_counter()
+            logits = {s: predict(model, getattr(ds, s), cfg.trainer.eval_batch_size, norm, amp) for s in ("val", "test")}
+            for s, z in logits.items():
+                if len(z):
+                    m.update({f"{s}/{k}": v for k, v in
+                              compute_metrics(z, getattr(ds, s).y.cpu(), cfg.metrics.n_bins, top_k).items()})
+            m["perf/eval_s"] = time.perf_counter() - t_eval
+            m["perf/epoch_s"] = time.perf_counter() - t_ep
+            history.append({"epoch": epoch + 1, **m})
+            logger.log_epoch(epoch + 1, m)
+            epochs_bar.set_postfix(loss=f"{m['train/loss']:.4f}", val_acc=f"{m.get('val/acc', float('nan')):.3f}")
+            if cfg.trainer.checkpoint:
+                save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                                            "epoch": epoch + 1, "history": history})
+        final = finish(cfg, model, ds, norm, amp, top_k, history, logger, run_dir)
+        final["time_s"] = time.perf_counter() - t0
+        write_json(final_path, final)
+        return final
+    except (RunFailed, torch.OutOfMemoryError) as e:
+        write_json(run_dir / "failed.json", {"reason": str(e).splitlines()[0], "type": type(e).__name__,
+                                             "epoch": len(history), "time_s": time.perf_counter() - t0})
+        raise
+    finally:
+        logger.close()
+
+
+def finish(cfg: Config, model: nn.Module, ds: Dataset, norm: Normalize, amp: contextlib.AbstractContextManager,
+           top_k: int | None, history: list[dict[str, Any]], logger: RunLogger, run_dir: Path) -> dict[str, Any]:
+    """Final metrics: the last epoch's, temperature scaling on val, predictions saved for later."""
+    eb = cfg.trainer.eval_batch_size
+    final: dict[str, Any] = {k: v for k, v in history[-1].items() if not k.startswith("perf/")}
+    logits = {s: predict(model, getattr(ds, s), eb, norm, amp) for s in ("val", "test")}
+    labels = {s: getattr(ds, s).y.cpu() for s in ("val", "test")}
+    if cfg.metrics.temperature_scaling:
+        t = fit_temperature(logits["val"], labels["val"])
+        final["temperature"] = t
+        for s in ("val", "test"):
+            final.update({f"{s}_ts/{k}": v for k, v in
+                          compute_metrics(logits[s] / t, labels[s], cfg.metrics.n_bins, top_k).items()})
+    if len(ds.noisy_idx):
+        # Memorisation of the flipped training labels (Zhang et al. 2017; Lukasik et al. 2020).
+        z = predict(model, ds.train.take(ds.noisy_idx.cpu()).to(ds.train.y.device), eb, norm, amp)
+        pred = z.argmax(1)
+        final["train_noisy/acc_noisy_label"] = float((pred == ds.train.y.cpu()[ds.noisy_idx.cpu()]).float().mean())
+        final["train_noisy/acc_true_label"] = float((pred == ds.clean_train_y[ds.noisy_idx.cpu()].cpu()).float().mean())
+        final["data/noise_rate_realised"] = len(ds.noisy_idx) / len(ds.train)
+    final["epochs"] = len(history)
+    final["metric_settings"] = {"n_bins": cfg.metrics.n_bins, "binning": "equal-width ((m-1)/M, m/M]",
+                                "top_k": top_k, "temperature_applied_to": "*_ts/ only"}
+    # Saved predictions: float32 logits and int64 labels, untempered; recompute any metric later
+    # with ls_bench.metrics.compute_metrics(torch.from_numpy(f["test_logits"]), ...).
+    np.savez_compressed(run_dir / "predictions.npz", **{f"{s}_{k}": v for s in ("val", "test") for k, v in
+                                                        (("logits", logits[s].numpy()), ("labels", labels[s].numpy()))})
+    hp = {"loss": cfg.loss.name, "epsilon": cfg.loss.epsilon, "prior": str(cfg.loss.prior), "model": cfg.model.name,
+          "data": cfg.data.name, "seed": cfg.seed, "noise_rate": cfg.data.label_noise.rate,
+          "epochs": cfg.trainer.epochs, "lr": cfg.optim.lr, "batch_size": cfg.trainer.batch_size}
+    logger.log_hparams(hp, {f"hparam/{k}": v for k, v in final.items()
+                            if isinstance(v, float) and k.split("/")[0] in ("test", "test_ts", "val")})
+    return final
