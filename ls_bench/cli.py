@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
@@ -41,18 +43,35 @@ def _configure_threads() -> None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _run(cfg: DictConfig) -> float | None:
-    from ls_bench.train import CheckpointError, RunFailed, fit  # torch loads after argument parsing
+    from ls_bench.train import CheckpointError, Interrupted, RunFailed, fit  # torch loads after parsing
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
     try:
         config = to_config(cfg)
         _configure_threads()
         final = fit(config, run_dir)
     except (ConfigError, CheckpointError) as e:
-        raise UserError(f"ls-bench: error: {e}") from None
+        _fail(f"ls-bench: error: {e}", hc.mode, run_dir)
+    except Interrupted as e:
+        _fail(f"ls-bench: interrupted ({run_dir}): {e}; rerun the same command to resume", hc.mode)
     except RunFailed as e:
-        raise UserError(f"ls-bench: run failed ({run_dir}): {e}; see failed.json") from None
+        _fail(f"ls-bench: run failed ({run_dir}): {e}; see failed.json", hc.mode)
     return final.get("val/nll")  # the value a Hydra sweeper would minimise
+
+
+def _fail(message: str, mode: RunMode | None, failed_dir: Path | None = None) -> NoReturn:
+    """One line on stderr. A single run exits here (status 2) so Hydra adds nothing around the
+    line; a sweep job records failed.json (for the report) and raises, so the launcher notes the
+    failure, runs the remaining jobs and exits non-zero at the end."""
+    if mode != RunMode.MULTIRUN:
+        print(message, file=sys.stderr)
+        sys.exit(2)
+    if failed_dir is not None and failed_dir.is_dir() and not (failed_dir / "failed.json").exists():
+        from ls_bench.logs import write_json
+
+        write_json(failed_dir / "failed.json", {"reason": message, "type": "ConfigError"})
+    raise UserError(message)
 
 
 def main() -> None:

@@ -58,7 +58,8 @@ class RunLogger:
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         for k, v in metrics.items():
-            self.writer.add_scalar(k, v, epoch)
+            if isinstance(v, (int, float)):  # strings (fingerprints) go to the JSON only
+                self.writer.add_scalar(k, v, epoch)
         self.writer.flush()
         line = json.dumps({"epoch": epoch, **{k: _finite_or_none(v) for k, v in metrics.items()}})
         with open(self.jsonl, "a") as f:  # one short append per epoch; a torn last line is skipped on read

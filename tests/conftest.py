@@ -1,0 +1,41 @@
+"""Shared test helpers: compose the real Hydra config, shrink it, run it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from ls_bench.cli import CONFIG_DIR, to_config
+from ls_bench.config import Config
+
+REPO = Path(__file__).resolve().parent.parent
+CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg"
+
+# A run on digits that takes about a second on one CPU core.
+TINY = ["trainer.epochs=1", "trainer.progress=false", "trainer.batch_size=64"]
+
+
+def make_config(*overrides: str) -> Config:
+    """The typed, validated Config exactly as `ls-bench <overrides>` would build it."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return to_config(compose(config_name="config", overrides=list(overrides)))
+
+
+def run_cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The real console script in a subprocess (python -m so the venv's interpreter is used)."""
+    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "ls_bench.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, cwd=cwd or REPO)
+
+
+@pytest.fixture
+def cifar_root() -> Path:
+    if not CIFAR.is_dir():
+        pytest.skip(f"shared CIFAR-10 not found at {CIFAR}")
+    return CIFAR

@@ -1,0 +1,41 @@
+"""The real console script in subprocesses: a single run and a 2-point -m sweep."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from conftest import TINY, run_cli
+
+
+def test_multirun_sweep_makes_one_named_directory_per_job(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    r = run_cli("-m", "loss.epsilon=0,0.1", *TINY, f"hydra.sweep.dir={sweep}")
+    assert r.returncode == 0, r.stderr
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert jobs == ["loss.epsilon=0,trainer.batch_size=64,trainer.epochs=1",
+                    "loss.epsilon=0.1,trainer.batch_size=64,trainer.epochs=1"]
+    for job, eps in zip(jobs, (0.0, 0.1)):
+        d = sweep / job
+        assert (d / "final.json").exists() and (d / "metrics.jsonl").exists()
+        assert list((d / "tb").glob("events.out.tfevents.*"))
+        assert yaml.safe_load((d / ".hydra/config.yaml").read_text())["loss"]["epsilon"] == eps
+        info = json.loads((d / "run_info.json").read_text())
+        assert info["version"] and "git_commit" in info
+
+
+def test_single_run_goes_to_outputs_runs(tmp_path: Path) -> None:
+    r = run_cli(*TINY, cwd=tmp_path)  # relative outputs/ lands in the working directory
+    assert r.returncode == 0, r.stderr
+    finals = list(tmp_path.glob("outputs/runs/*/*/final.json"))
+    assert len(finals) == 1
+
+
+def test_user_error_is_one_line_without_traceback(tmp_path: Path) -> None:
+    r = run_cli("loss.epsilon=1.5", f"hydra.run.dir={tmp_path}")
+    assert r.returncode != 0
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert lines == ["ls-bench: error: loss.epsilon=1.5 is invalid: must be in [0, 1)"]
+    assert not (tmp_path / "metrics.jsonl").exists()

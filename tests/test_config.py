@@ -1,0 +1,64 @@
+"""Every config group option composes into a valid typed Config; the schema catches typos."""
+
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError
+
+from conftest import make_config
+from ls_bench.cli import CONFIG_DIR
+from ls_bench.config import Config, ConfigError
+
+GROUPS = ["data", "model", "loss", "optim", "sched", "trainer", "experiment"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_group_option_composes(group: str, option: str) -> None:
+    extra = ["data.root=/tmp"] if (group, option) == ("data", "imagefolder") else []
+    cfg = make_config(f"{group}={option}", *extra)
+    assert isinstance(cfg, Config)
+    if group not in ("trainer", "experiment"):
+        node = getattr(cfg, group)
+        assert node.name == option if group != "sched" or option != "constant" else node.name == "constant"
+
+
+def test_every_group_has_options() -> None:
+    for g in GROUPS:
+        assert options(g), f"configs/{g}/ is empty"
+
+
+def test_experiment_cifar100_resnet56_is_mueller_setup() -> None:
+    cfg = make_config("experiment=cifar100_resnet56")
+    assert (cfg.data.name, cfg.model.name) == ("cifar100", "resnet56")
+    assert cfg.optim.nesterov and cfg.optim.momentum == 0.9 and cfg.optim.lr == 0.1
+    assert cfg.optim.weight_decay == 1e-4 and cfg.trainer.batch_size == 128 and cfg.sched.name == "step"
+
+
+def test_misspelt_key_fails_at_composition() -> None:
+    with pytest.raises(ConfigCompositionException) as e:
+        make_config("loss.epsilonn=0.1")
+    assert "epsilonn" in str(e.value) + str(e.value.__cause__)
+
+
+def test_wrong_type_fails_at_composition() -> None:
+    with pytest.raises(ConfigCompositionException):
+        make_config("loss.epsilon=abc")
+
+
+@pytest.mark.parametrize("override,field", [
+    ("loss.epsilon=1.5", "loss.epsilon"), ("loss.epsilon=-0.1", "loss.epsilon"),
+    ("trainer.epochs=0", "trainer.epochs"), ("optim.lr=0", "optim.lr"),
+    ("trainer.batch_size=0", "trainer.batch_size"), ("metrics.n_bins=0", "metrics.n_bins"),
+    ("data.label_noise.rate=1.0", "data.label_noise.rate"), ("model.name=resnet7", "model.name"),
+    ("data.name=mnist", "data.name"), ("trainer.precision=fp8", "trainer.precision"),
+])
+def test_out_of_range_values_name_the_field(override: str, field: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        make_config(override)
+    msg = str(e.value)
+    assert msg.startswith(field + "=") and "\n" not in msg

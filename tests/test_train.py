@@ -1,0 +1,145 @@
+"""The loop end to end on digits: files written, schedule, paired runs, determinism, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, TINY, make_config, run_cli
+from ls_bench.config import SchedConfig
+from ls_bench.logs import read_jsonl
+from ls_bench.train import fit, lr_factor
+
+
+def test_one_epoch_writes_everything(tmp_path: Path) -> None:
+    final = fit(make_config(*TINY), tmp_path)
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    records = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1]
+    for key in ("train/loss", "train/acc", "val/acc", "val/nll", "val/ece", "test/acc", "test/nll", "test/ece", "lr",
+                "perf/train_img_per_s", "perf/epoch_s"):
+        assert math.isfinite(records[0][key]), key
+    on_disk = json.loads((tmp_path / "final.json").read_text())
+    assert on_disk["test/acc"] == final["test/acc"] == records[0]["test/acc"]
+    assert 0 < final["temperature"] and "test_ts/ece" in final
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    assert info["sizes"] == {"train": 1797 - 360 - 300, "val": 300, "test": 360}
+    with np.load(tmp_path / "predictions.npz", allow_pickle=False) as p:
+        assert p["test_logits"].shape == (360, 10) and p["test_labels"].shape == (360,)
+
+
+def test_tensorboard_scalars_and_hparams_in_the_run_dir(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    fit(make_config(*TINY), tmp_path)
+    assert [p for p in (tmp_path / "tb").iterdir() if p.is_dir()] == []  # no hparams sub-run
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    assert {"train/loss", "val/ece", "test/nll", "lr", "perf/epoch_s", "hparam/test/acc"} <= scalars
+    content = acc.PluginTagToContent("hparams")
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(content)
+
+
+def test_lr_schedule_is_a_pure_function_of_the_step() -> None:
+    cos = SchedConfig(name="cosine", warmup_epochs=1)
+    assert lr_factor(0, 10, 5, cos) == pytest.approx(0.1)  # warm-up: (step+1)/warm
+    assert lr_factor(9, 10, 5, cos) == pytest.approx(1.0)
+    assert lr_factor(10, 10, 5, cos) == pytest.approx(1.0)  # cosine starts at the peak
+    assert lr_factor(30, 10, 5, cos) == pytest.approx(0.5)  # half-way through the cosine part
+    step = SchedConfig(name="step", milestones=[2, 4], gamma=0.1)
+    assert [lr_factor(s, 10, 5, step) for s in (19, 20, 39, 40)] == pytest.approx([1, 0.1, 0.1, 0.01])
+
+
+def fingerprints(run_dir: Path) -> tuple[str, list[str]]:
+    info = json.loads((run_dir / "run_info.json").read_text())
+    return info["init_sha"], [r["data/order_sha"] for r in read_jsonl(run_dir / "metrics.jsonl")]
+
+
+def test_runs_differing_only_in_the_loss_see_same_init_and_batches(tmp_path: Path) -> None:
+    args = ["trainer.epochs=2", "trainer.progress=false", "data.augment=true"]
+    fit(make_config(*args, "loss.epsilon=0"), tmp_path / "a")
+    fit(make_config(*args, "loss.epsilon=0.2", "loss=label_flip"), tmp_path / "b")
+    fit(make_config(*args, "seed=1"), tmp_path / "c")
+    a, b, c = (fingerprints(tmp_path / x) for x in "abc")
+    assert a == b
+    assert len(set(a[1])) == 2  # a new order every epoch
+    assert a[0] != c[0] and not set(a[1]) & set(c[1])  # another seed: other weights, other batches
+
+
+def test_same_config_and_seed_is_bit_identical_on_cpu(tmp_path: Path) -> None:
+    cfg = make_config("trainer.epochs=2", "trainer.progress=false", "data.augment=true")
+    f1, f2 = fit(cfg, tmp_path / "a"), fit(cfg, tmp_path / "b")
+    drop = ("time_s",)
+    assert {k: v for k, v in f1.items() if k not in drop} == {k: v for k, v in f2.items() if k not in drop}
+    with np.load(tmp_path / "a/predictions.npz") as p, np.load(tmp_path / "b/predictions.npz") as q:
+        assert np.array_equal(p["test_logits"], q["test_logits"])
+
+
+def test_finished_run_is_skipped(tmp_path: Path) -> None:
+    cfg = make_config(*TINY)
+    fit(cfg, tmp_path)
+    before = (tmp_path / "final.json").stat().st_mtime_ns
+    fit(replace(cfg, seed=5), tmp_path)  # a different config would train; a finished dir is not redone
+    assert (tmp_path / "final.json").stat().st_mtime_ns == before
+
+
+def _start(run_dir: Path, epochs: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "ls_bench.cli", f"trainer.epochs={epochs}", "trainer.progress=false",
+                             "data.augment=true", f"hydra.run.dir={run_dir}"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_epoch(run_dir: Path, proc: subprocess.Popen, epoch: int, timeout: float = 120) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if any(r["epoch"] >= epoch for r in read_jsonl(run_dir / "metrics.jsonl")) and (run_dir / "last.pt").exists():
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    raise TimeoutError
+
+
+def _comparable(final: dict) -> dict:
+    return {k: v for k, v in final.items() if k != "time_s"}
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    epochs = 25
+    ref = run_cli(f"trainer.epochs={epochs}", "trainer.progress=false", "data.augment=true",
+                  f"hydra.run.dir={tmp_path / 'ref'}")
+    assert ref.returncode == 0, ref.stderr
+    proc = _start(tmp_path / "run", epochs)
+    _wait_for_epoch(tmp_path / "run", proc, 3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "run/final.json").exists(), "killed too late to test resume"
+    resumed = run_cli(f"trainer.epochs={epochs}", "trainer.progress=false", "data.augment=true",
+                      f"hydra.run.dir={tmp_path / 'run'}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stderr + resumed.stdout
+    a = json.loads((tmp_path / "ref/final.json").read_text())
+    b = json.loads((tmp_path / "run/final.json").read_text())
+    assert _comparable(a) == _comparable(b)
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "run/metrics.jsonl")] == list(range(1, epochs + 1))
+
+
+def test_sigterm_stops_cleanly_keeping_finished_epochs(tmp_path: Path) -> None:
+    proc = _start(tmp_path, 200)
+    _wait_for_epoch(tmp_path, proc, 2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in err
+    assert "SIGTERM" in err and "resume" in err
+    assert not (tmp_path / "final.json").exists() and not (tmp_path / "failed.json").exists()
+    done = [r["epoch"] for r in read_jsonl(tmp_path / "metrics.jsonl")]
+    assert done and done == list(range(1, len(done) + 1))
