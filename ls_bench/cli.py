@@ -3,19 +3,25 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import fcntl
 import os
+import socket
 import sys
+import tempfile
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import hydra
 from hydra.core.config_store import ConfigStore
+from hydra.experimental.callback import Callback
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
-from ls_bench.config import Config, ConfigError, validate
+from ls_bench.config import Config, ConfigError, bad, validate
 
 ConfigStore.instance().store(name="ls_bench_schema", node=Config)
 # configs/ sits beside the package in the source tree (install with `pip install -e .`).
@@ -34,11 +40,17 @@ def to_config(cfg: DictConfig) -> Config:
 
 
 def _configure_threads() -> None:
-    """Split the cores between jobs that the joblib launcher runs side by side."""
+    """Split the cores between jobs that the joblib launcher runs side by side.
+
+    launcher.n_jobs follows joblib: n > 0 jobs, -1 (the plugin's default) = one per core, -2 = all
+    cores but one, ...; joblib.effective_n_jobs resolves it exactly as the launcher does.
+    """
     launcher = HydraConfig.get().launcher
     n_jobs = launcher.get("n_jobs") if "n_jobs" in launcher else None
-    if n_jobs and n_jobs > 0:
-        os.environ.setdefault("LS_BENCH_JOBS", str(n_jobs))
+    if n_jobs:
+        from joblib import effective_n_jobs  # installed with the joblib launcher, the only one with n_jobs
+
+        os.environ.setdefault("LS_BENCH_JOBS", str(effective_n_jobs(n_jobs)))
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
@@ -47,6 +59,11 @@ def _run(cfg: DictConfig) -> float | None:
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
+    lock = run_dir / ".lock"
+    try:  # one writer per run directory: a second `ls-bench` into the same folder is refused
+        lock_fd = acquire_lock(lock)
+    except LockHeld as e:
+        _fail(f"ls-bench: error: {run_dir} is in use: {e}", hc.mode)
     try:
         config = to_config(cfg)
         _configure_threads()
@@ -57,6 +74,8 @@ def _run(cfg: DictConfig) -> float | None:
         _fail(f"ls-bench: interrupted ({run_dir}): {e}; rerun the same command to resume", hc.mode)
     except RunFailed as e:
         _fail(f"ls-bench: run failed ({run_dir}): {e}; see failed.json", hc.mode)
+    finally:
+        release_lock(lock, lock_fd)
     return final.get("val/nll")  # the value a Hydra sweeper would minimise
 
 
@@ -64,6 +83,8 @@ def _fail(message: str, mode: RunMode | None, failed_dir: Path | None = None) ->
     """One line on stderr. A single run exits here (status 2) so Hydra adds nothing around the
     line; a sweep job records failed.json (for the report) and raises, so the launcher notes the
     failure, runs the remaining jobs and exits non-zero at the end."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1" and sys.exc_info()[1] is not None:
+        raise  # --debug: the exception being handled, with its full traceback
     if mode != RunMode.MULTIRUN:
         print(message, file=sys.stderr)
         sys.exit(2)
@@ -72,6 +93,84 @@ def _fail(message: str, mode: RunMode | None, failed_dir: Path | None = None) ->
 
         write_json(failed_dir / "failed.json", {"reason": message, "type": "ConfigError"})
     raise UserError(message)
+
+
+# --- locks and output folders ------------------------------------------------------------------
+
+
+class LockHeld(RuntimeError):
+    """Another live process holds the lock file; the message names the file and its owner."""
+
+
+def acquire_lock(path: Path) -> int:
+    """Hold `path` exclusively (flock) and write our pid into it; returns the fd for release_lock.
+
+    The kernel drops a flock when its holder exits in any way (even SIGKILL), so a lock file left
+    behind by a dead process is taken over without guessing from pids, and a reused pid never
+    blocks anyone. Linux/macOS; NFS clients get it through fcntl byte-range locks.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 200, 0).decode(errors="replace").strip() or "a process that is starting"
+            os.close(fd)
+            raise LockHeld(f"lock file {path} is held by {owner}") from None
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)  # the holder removed the file between our open and flock: try again
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+    return fd
+
+
+def release_lock(path: Path, fd: int) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()  # while still holding the lock, so nobody locks a file that is going away
+    os.close(fd)
+
+
+def _exit(message: str) -> NoReturn:
+    """One line and status 2, from a Hydra callback (Hydra turns a callback's exceptions into warnings)."""
+    print(message, file=sys.stderr)
+    sys.exit(2)
+
+
+def _output_dir(key: str, value: str) -> Path:
+    """Create the output folder and prove it is writable before Hydra writes into it (Hydra's own
+    mkdir would fail with a traceback). A write probe, since root ignores permission bits."""
+    path = Path(value).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        _exit(f"ls-bench: error: {bad(key, value, f'must be a folder that can be created and written ({e})')}")
+    return path
+
+
+class OutputGuard(Callback):
+    """Registered in configs/config.yaml (hydra.callbacks). Runs in the main process before any
+    job: checks the output folder, and makes a sweep folder single-writer: `<sweep dir>/.sweep.lock`
+    is held by the sweep's main process until it exits, whatever the launcher (basic, joblib),
+    so a second sweep into the same folder is refused before it writes anything."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _output_dir("hydra.run.dir", config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = _output_dir("hydra.sweep.dir", config.hydra.sweep.dir)
+        lock = sweep_dir / ".sweep.lock"  # not `.lock`: a job without overrides runs in the sweep folder itself
+        try:
+            fd = acquire_lock(lock)
+        except LockHeld as e:
+            _exit(f"ls-bench: error: another sweep is writing into {sweep_dir}: {e}")
+        atexit.register(release_lock, lock, fd)
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ with a misspelt key or a wrong type fails when Hydra composes the config, before
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, List, Optional
 
 
@@ -80,6 +80,7 @@ class TrainerConfig:
     epochs: int = 10
     batch_size: int = 128
     eval_batch_size: int = 1000
+    eval_every: int = 1  # evaluate val and test every N epochs (and always after the last)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto | bf16 | fp16 | fp32
     channels_last: bool = True
@@ -126,19 +127,36 @@ def _finite(x: float) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
+def _unknown_fields(obj: Any, prefix: str = "") -> list[tuple[str, Any, list[str]]]:
+    """(key, value, known names) for attributes no dataclass field declares. OmegaConf.to_object
+    keeps keys added with `+key=value`, so `+loss.epsilonn=0.1` or `+loss._target_=...` would
+    otherwise be accepted and silently ignored."""
+    if not is_dataclass(obj):
+        return []
+    known = [f.name for f in fields(obj)]
+    out = [(prefix + k, v, known) for k, v in vars(obj).items() if k not in known]
+    for name in known:
+        out += _unknown_fields(getattr(obj, name), f"{prefix}{name}.")
+    return out
+
+
 def validate(cfg: Config) -> None:
     """Range and name checks that need no data; data-dependent checks live where the data is."""
     from ls_bench.data import DATASETS
-    from ls_bench.losses import LOSSES
+    from ls_bench.losses import LOSSES, check_loss
     from ls_bench.models import MODELS
 
+    for key, value, known in _unknown_fields(cfg)[:1]:
+        raise bad(key, value, f"not a field of the schema; known here: {', '.join(known)}")
     d, lo, o, s, t = cfg.data, cfg.loss, cfg.optim, cfg.sched, cfg.trainer
     _check(d.name in DATASETS, "data.name", d.name, f"one of {sorted(DATASETS)}")
     _check(cfg.model.name in MODELS, "model.name", cfg.model.name, f"one of {sorted(MODELS)}")
     _check(lo.name in LOSSES, "loss.name", lo.name, f"one of {sorted(LOSSES)}")
+    check_loss(lo)  # prior / class-weight syntax; the checks that need K run in make_criterion
     _check(_finite(lo.epsilon) and 0 <= lo.epsilon < 1, "loss.epsilon", lo.epsilon, "must be in [0, 1)")
     _check(_finite(lo.gamma) and lo.gamma >= 0, "loss.gamma", lo.gamma, "must be >= 0")
     _check(_finite(lo.beta) and lo.beta >= 0, "loss.beta", lo.beta, "must be >= 0")
+    _check(d.root not in ("???", ""), "data.root", d.root, f"must be set for data={d.name}, e.g. data.root=path/to/data")
     _check(d.val_size >= 0, "data.val_size", d.val_size, "must be >= 0")
     _check(d.test_size > 0, "data.test_size", d.test_size, "must be > 0")
     _check(d.train_size is None or d.train_size > 0, "data.train_size", d.train_size, "must be > 0 or null")
@@ -153,13 +171,14 @@ def validate(cfg: Config) -> None:
     _check(_finite(o.momentum) and 0 <= o.momentum < 1, "optim.momentum", o.momentum, "must be in [0, 1)")
     _check(not o.nesterov or o.momentum > 0, "optim.nesterov", o.nesterov, "needs optim.momentum > 0")
     _check(_finite(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
+    _check(t.epochs >= 1, "trainer.epochs", t.epochs, "must be >= 1")
     _check(s.name in ("cosine", "step", "constant"), "sched.name", s.name, "cosine, step or constant")
     _check(_finite(s.warmup_epochs) and 0 <= s.warmup_epochs < t.epochs, "sched.warmup_epochs", s.warmup_epochs,
            f"must be in [0, trainer.epochs={t.epochs})")
     _check(_finite(s.gamma) and 0 < s.gamma <= 1, "sched.gamma", s.gamma, "must be in (0, 1]")
     _check(all(0 < m for m in s.milestones), "sched.milestones", list(s.milestones), "epochs must be > 0")
-    _check(t.epochs >= 1, "trainer.epochs", t.epochs, "must be >= 1")
     _check(t.batch_size >= 1, "trainer.batch_size", t.batch_size, "must be >= 1")
+    _check(t.eval_every >= 1, "trainer.eval_every", t.eval_every, "must be >= 1")
     _check(t.eval_batch_size >= 1, "trainer.eval_batch_size", t.eval_batch_size, "must be >= 1")
     _check(t.device == "auto" or t.device == "cpu" or t.device.split(":")[0] == "cuda", "trainer.device",
            t.device, "auto, cpu, cuda or cuda:N")

@@ -10,6 +10,7 @@ One metric name everywhere: `split/name` (`val/ece`, `test/nll`, `test_ts/ece`, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -30,7 +31,8 @@ def atomic_write_text(path: Path, text: str) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # cleanup must not hide the write error itself
+            tmp.unlink(missing_ok=True)
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -6,16 +6,19 @@ target p by p' = (1-ε)·p + ε·u and trains with the soft cross-entropy
 ε = 0 is one-hot cross-entropy through the same code path. The prior u is
     uniform      u_k = 1/K: PyTorch's `label_smoothing=ε` (true class gets 1-ε+ε/K);
     others       ε spread over the K-1 wrong classes (true class gets 1-ε): "the label is wrong
-                 with probability ε" (Mukhoti et al. 2020);
-    class_prior  u = class frequencies of the training labels;
+                 with probability ε" (Mukhoti et al. 2020); uniform ε at K equals others ε·(K-1)/K;
+    class_prior  u = class frequencies of the training labels (after any label noise);
     a list       any K non-negative numbers that sum to 1.
 Class weights follow PyTorch's `F.cross_entropy(weight=w, label_smoothing=ε)`: *both* terms are
-weighted per class, and the batch mean divides by Σ_i w_{y_i}. (Weighting only the NLL term and
-not the smoothing term, as a common reference implementation does, is a bug.)
+weighted per class k of the target, and the batch mean divides by Σ_i w_{y_i}:
+    L = -Σ_i Σ_k w_k p'_ik log q_ik / Σ_i w_{y_i}.
+(Weighting only the NLL term and not the smoothing term, as a common reference implementation
+does, is a bug: it is not PyTorch's loss and it changes the balance of the two terms.)
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +29,59 @@ from torch import Tensor
 from ls_bench.config import ConfigError, LossConfig, bad
 
 LOSSES = ("label_smoothing", "label_flip", "focal", "confidence_penalty", "binary")
+PRIORS = ("uniform", "others", "class_prior")
+PRIOR_HELP = "uniform, others, class_prior or a list of K non-negative numbers that sum to 1"
+WEIGHTS_HELP = "null, balanced or a list of K finite non-negative weights, not all 0"
+
+
+def _numbers(key: str, value: Any, allowed: str) -> Tensor:
+    """A YAML list of finite numbers as a float64 tensor, or a one-line ConfigError."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+        raise bad(key, value, allowed)
+    try:
+        x = torch.tensor([float(v) for v in value if not isinstance(v, bool)], dtype=torch.float64)
+    except (TypeError, ValueError):
+        raise bad(key, list(value), allowed) from None
+    if len(x) != len(value) or not bool(torch.isfinite(x).all()) or (x < 0).any():
+        raise bad(key, list(value), allowed)
+    return x
+
+
+def _prior_list(prior: Any) -> Tensor:
+    u = _numbers("loss.prior", prior, PRIOR_HELP)
+    if abs(float(u.sum()) - 1) > 1e-6:
+        raise bad("loss.prior", list(prior), f"entries must sum to 1 (they sum to {float(u.sum()):.6g})")
+    return u / u.sum()  # exact normalisation after the tolerance check: 0.1 × 10 sums to 0.9999999999999999
+
+
+def _weight_list(weights: Any) -> Tensor:
+    w = _numbers("loss.class_weights", weights, WEIGHTS_HELP)
+    if not w.sum() > 0:
+        raise bad("loss.class_weights", list(weights), WEIGHTS_HELP)
+    return w
+
+
+def check_loss(cfg: LossConfig) -> None:
+    """The checks that need no data (name, prior and weight syntax); K-dependent ones are in make_criterion."""
+    if cfg.name not in LOSSES:
+        raise bad("loss.name", cfg.name, f"one of {list(LOSSES)}")
+    if isinstance(cfg.prior, str):
+        if cfg.prior not in PRIORS:
+            raise bad("loss.prior", cfg.prior, PRIOR_HELP)
+    else:
+        _prior_list(cfg.prior)
+    if isinstance(cfg.class_weights, str):
+        if cfg.class_weights != "balanced":
+            raise bad("loss.class_weights", cfg.class_weights, WEIGHTS_HELP)
+    elif cfg.class_weights is not None:
+        _weight_list(cfg.class_weights)
+    if cfg.name == "binary":
+        # y' = (1-ε)y + ε(1-y) puts all of ε on the other class: that is the `others` prior at K = 2.
+        if cfg.prior != "others":
+            raise bad("loss.prior", cfg.prior, "must be 'others' with loss=binary, whose target is y' = (1-ε)y + "
+                                               "ε(1-y) (uniform prior at 2ε); or use loss=label_smoothing on 2 classes")
+        if cfg.class_weights is not None:
+            raise bad("loss.class_weights", cfg.class_weights, "null with loss=binary")
 
 
 def prior_vector(prior: Any, num_classes: int, class_counts: Tensor | None = None) -> Tensor | None:
@@ -40,27 +96,26 @@ def prior_vector(prior: Any, num_classes: int, class_counts: Tensor | None = Non
             raise ValueError("class_prior needs the training class counts")
         return class_counts.double().div(class_counts.sum()).float()
     if isinstance(prior, str):
-        raise bad("loss.prior", prior, "uniform, others, class_prior or a list of K probabilities")
-    u = torch.tensor([float(p) for p in prior], dtype=torch.float64)
+        raise bad("loss.prior", prior, PRIOR_HELP)
+    u = _prior_list(prior)
     if len(u) != K:
-        raise bad("loss.prior", list(prior), f"a list of K={K} probabilities (got {len(u)})")
-    if (u < 0).any() or abs(float(u.sum()) - 1) > 1e-6:
-        raise bad("loss.prior", list(prior), "entries must be >= 0 and sum to 1")
+        raise bad("loss.prior", list(prior), f"a list of K={K} probabilities, one per class (got {len(u)})")
     return u.float()
 
 
 def class_weight_vector(weights: Any, num_classes: int, class_counts: Tensor) -> Tensor | None:
-    """Per-class loss weights; `balanced` is scikit-learn's N / (K · n_k)."""
+    """Per-class loss weights; `balanced` is scikit-learn's N / (K · n_k) (a class with n_k = 0 gets N / K)."""
     if weights is None:
         return None
     if weights == "balanced":
         return (class_counts.sum() / (num_classes * class_counts.clamp_min(1))).float()
     if isinstance(weights, str):
-        raise bad("loss.class_weights", weights, "null, balanced or a list of K non-negative weights")
-    w = torch.tensor([float(x) for x in weights])
-    if len(w) != num_classes or (w < 0).any() or w.sum() <= 0:
-        raise bad("loss.class_weights", list(weights), f"a list of K={num_classes} non-negative weights, not all 0")
-    return w
+        raise bad("loss.class_weights", weights, WEIGHTS_HELP)
+    w = _weight_list(weights)
+    if len(w) != num_classes:
+        raise bad("loss.class_weights", list(weights), f"a list of K={num_classes} weights, one per class "
+                                                       f"(got {len(w)})")
+    return w.float()
 
 
 def smooth_targets(labels: Tensor, num_classes: int, epsilon: float, prior: Tensor | None) -> Tensor:
@@ -90,8 +145,8 @@ class Criterion:
     name: str
     num_classes: int
     epsilon: float
-    prior: Tensor | None
-    weight: Tensor | None
+    prior: Tensor | None  # [K]; None is the `others` prior (and the binary convention)
+    weight: Tensor | None  # [K] class weights
     gamma: float
     beta: float
 
@@ -100,51 +155,56 @@ class Criterion:
         return 1 if self.name == "binary" else self.num_classes
 
     def targets(self, labels: Tensor) -> Tensor:
+        """The (expected) soft target p' per sample, [B, K]; for label_flip it is E[onehot(ỹ)]."""
         return smooth_targets(labels, self.num_classes, self.epsilon, self.prior)
 
+    def flip(self, labels: Tensor, g: torch.Generator) -> Tensor:
+        """Stochastic label flipping: ỹ = a draw from u with probability ε, else y. E[onehot(ỹ)] = p'."""
+        # Both draws are made whatever ε is, so one seed gives nested flips across ε (paired runs).
+        mask = torch.rand(labels.shape, generator=g, device=g.device).to(labels.device) < self.epsilon
+        return torch.where(mask, sample_prior(labels, self.num_classes, self.prior, g), labels)
+
     def __call__(self, logits: Tensor, labels: Tensor, g: torch.Generator | None = None) -> Tensor:
-        w = self.weight.to(logits.device) if self.weight is not None else None
+        """The batch loss; logits [B, K] ([B, 1] for binary), labels [B] int64."""
         if self.name == "binary":
-            # Binary LS, label-noise convention: y' = (1-ε)y + ε(1-y), one sigmoid output.
-            # Equals uniform-prior softmax LS at K = 2 with ε_softmax = 2ε (true class 1-ε).
+            # Binary LS, label-noise convention: y' = (1-ε)y + ε(1-y), one sigmoid output z.
+            # Equals K = 2 softmax LS on logits [0, z] with prior `others` at ε, i.e. uniform at 2ε.
             y = labels.float()
             return F.binary_cross_entropy_with_logits(logits.float().squeeze(1), (1 - self.epsilon) * y
                                                       + self.epsilon * (1 - y))
         if self.name == "label_flip":
-            # Stochastic label flipping: with probability ε replace y by a draw from u, afresh
-            # each time the sample is seen. E[loss] = the label-smoothing loss with the same u.
             assert g is not None, "label_flip needs a generator"
-            flip = torch.rand(labels.shape, generator=g, device=g.device).to(labels.device) < self.epsilon
-            labels = torch.where(flip, sample_prior(labels, self.num_classes, self.prior, g), labels)
-            t = F.one_hot(labels, self.num_classes).float()
+            t = F.one_hot(self.flip(labels, g), self.num_classes).float()
         else:
             t = self.targets(labels)
         logq = F.log_softmax(logits.float(), dim=1)
+        w = self.weight.to(logits.device) if self.weight is not None else None
         wt = t if w is None else t * w  # class weights scale every term of the target, both LS terms included
         if self.name == "focal":
-            # Focal loss (Lin et al. 2017): -Σ_k t_k (1 - q_k)^γ log q_k; γ = 0 is (smoothed) CE.
-            per = -(wt * (1 - logq.exp()).pow(self.gamma) * logq).sum(1)
+            # Focal loss (Lin et al. 2017, eq. 4 without α): -Σ_k t_k (1 - q_k)^γ log q_k; γ = 0 is (smoothed) CE.
+            # 1 - q as -expm1(log q) (exact near q = 1), floored: d(x^γ)/dx is infinite at x = 0 for
+            # γ < 1, and a confidently right sample (q = 1 in float32) would make the gradient NaN.
+            per = -(wt * (-torch.expm1(logq)).clamp_min(1e-12).pow(self.gamma) * logq).sum(1)
         else:
             per = -(wt * logq).sum(1)
         if self.name == "confidence_penalty":
-            # Confidence penalty (Pereyra et al. 2017): CE - β·H(q), H(q) = -Σ_k q_k log q_k.
+            # Confidence penalty (Pereyra et al. 2017, eq. 2): CE - β·H(q), H(q) = -Σ_k q_k log q_k;
+            # with class weights the penalty of sample i is weighted by w_{y_i} like its CE.
             neg_entropy = (logq.exp() * logq).sum(1)
             per = per + self.beta * (neg_entropy if w is None else neg_entropy * w[labels])
+        # The denominator uses the *given* labels, also for label_flip: then E_flip[loss] equals the
+        # weighted LS loss exactly (F.cross_entropy(weight=w) on ỹ would divide by Σ w_ỹ, a biased ratio).
         return per.mean() if w is None else per.sum() / w[labels].sum()
 
 
 def make_criterion(cfg: LossConfig, num_classes: int, class_counts: Tensor) -> Criterion:
     """Build and check the loss for a dataset with `num_classes` classes; errors are one line."""
-    if cfg.name not in LOSSES:
-        raise bad("loss.name", cfg.name, f"one of {list(LOSSES)}")
-    if cfg.name == "binary":
-        if num_classes != 2:
-            raise ConfigError(f"loss.name='binary' needs 2 classes but the data has {num_classes}; "
-                              f"pick two with data.classes=[a,b]")
-        if cfg.class_weights is not None:
-            raise bad("loss.class_weights", cfg.class_weights, "null with loss=binary")
-    if cfg.prior == "others" and num_classes < 2:
-        raise bad("loss.prior", cfg.prior, "needs at least 2 classes")
+    check_loss(cfg)
+    if cfg.name == "binary" and num_classes != 2:
+        raise ConfigError(f"loss.name='binary' needs 2 classes but the data has {num_classes}; "
+                          f"pick two with data.classes=[a,b]")
     prior = prior_vector(cfg.prior, num_classes, class_counts)
     weight = class_weight_vector(cfg.class_weights, num_classes, class_counts)
+    if not (math.isfinite(cfg.epsilon) and 0 <= cfg.epsilon < 1):
+        raise bad("loss.epsilon", cfg.epsilon, "must be in [0, 1)")
     return Criterion(cfg.name, num_classes, float(cfg.epsilon), prior, weight, float(cfg.gamma), float(cfg.beta))

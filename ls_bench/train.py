@@ -12,11 +12,12 @@ import logging
 import math
 import os
 import platform
+import signal
 import subprocess
+import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -41,6 +42,36 @@ class RunFailed(RuntimeError):
 
 class CheckpointError(RuntimeError):
     """last.pt exists but cannot be loaded; the message names the file."""
+
+
+class Interrupted(RuntimeError):
+    """SIGTERM/SIGINT arrived (e.g. SLURM pre-emption); last.pt holds the last finished epoch."""
+
+
+class _StopFlag:
+    """Set by the signal handler, read once per step: the step in flight finishes, then the
+    epoch is abandoned and the run resumes from the last finished epoch next time."""
+
+    signum: int | None = None
+
+    @classmethod
+    def handler(cls, signum: int, frame: Any) -> None:
+        cls.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Install SIGTERM/SIGINT handlers for the duration of a run (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _StopFlag.signum = None
+    previous = {s: signal.signal(s, _StopFlag.handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 # --- environment -----------------------------------------------------------------------------
@@ -86,7 +117,9 @@ def set_threads(n: int) -> int:
     """Threads for this process: n, or all cores divided among parallel jobs (LS_BENCH_JOBS)."""
     if n == 0:
         jobs = max(1, int(os.environ.get("LS_BENCH_JOBS", "1")))
-        n = max(1, (os.cpu_count() or 1) // jobs)
+        # The cores this process may run on (a SLURM allocation, taskset), not all of the node's.
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        n = max(1, cores // jobs)
     torch.set_num_threads(n)
     return n
 
@@ -134,9 +167,12 @@ def train_one_epoch(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor, Te
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     first_bad = torch.full((), -1, device=device, dtype=torch.long)  # first step with a non-finite loss
-    seen, refresh = 0, 20
+    seen, refresh, order = 0, 20, []
     bar = tqdm(batches, total=steps, desc=desc, leave=False, disable=not progress)
-    for step, (x, y, _) in enumerate(bar):
+    for step, (x, y, idx) in enumerate(bar):
+        if _StopFlag.signum is not None:
+            raise Interrupted(f"{signal.Signals(_StopFlag.signum).name} received at step {step} of the epoch")
+        order.append(idx)
         with amp:
             logits = model(x)
         loss = criterion(logits, y, loss_gen)
@@ -156,7 +192,9 @@ def train_one_epoch(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor, Te
                 break
     if first_bad.item() >= 0:
         raise RunFailed(f"non-finite training loss at step {first_bad.item()} of the epoch")
-    return {"train/loss": loss_sum.item() / seen, "train/acc": correct.item() / seen}
+    # A fingerprint of the batch order: runs that differ only in the loss must show the same one.
+    order_sha = hashlib.sha256(torch.cat(order).cpu().numpy().tobytes()).hexdigest()[:16]
+    return {"train/loss": loss_sum.item() / seen, "train/acc": correct.item() / seen, "data/order_sha": order_sha}
 
 
 @torch.inference_mode()
@@ -184,7 +222,8 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         torch.save(state, tmp)
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # cleanup must not hide the write error itself
+            tmp.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -254,14 +293,21 @@ def fit(cfg: Config, run_dir: Path) -> dict[str, Any]:
     train_model = torch.compile(model) if cfg.trainer.compile else model
     amp = autocast(device, amp_dtype)
 
+    # Fingerprint of the initial weights: runs that differ only in the loss must show the same one.
+    init_sha = hashlib.sha256(b"".join(v.cpu().numpy().tobytes() for v in model.state_dict().values())).hexdigest()[:16]
     start_epoch, history = 0, []
     if ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, history = state["epoch"], state["history"]
+        try:  # a loadable file from another config (model, optimizer) or an older format
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            start_epoch, history = int(state["epoch"]), list(state["history"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"checkpoint {ckpt_path} does not fit this run's config ({type(e).__name__}: "
+                                  f"{first}); delete it or use another run directory") from None
         truncate_jsonl(run_dir / "metrics.jsonl", start_epoch)
         log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
     else:
@@ -271,7 +317,7 @@ def fit(cfg: Config, run_dir: Path) -> dict[str, Any]:
         "version": __version__, "git_commit": git_commit(), "torch": torch.__version__,
         "python": platform.python_version(), "device": str(device),
         "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32", "threads": threads,
-        "seeds": seeds, "classes": ds.classes, "sizes": {k: len(getattr(ds, k)) for k in ("train", "val", "test")},
+        "seeds": seeds, "init_sha": init_sha, "classes": ds.classes, "sizes": {k: len(getattr(ds, k)) for k in ("train", "val", "test")},
         "determinism": {"cudnn_benchmark": device.type == "cuda", "deterministic_algorithms": False,
                         "note": "bit-identical reruns on the CPU with the same threads; CUDA is close, not exact"},
         "label_noise": {"rate_requested": cfg.data.label_noise.rate, "flipped": len(ds.noisy_idx),
@@ -285,6 +331,9 @@ def fit(cfg: Config, run_dir: Path) -> dict[str, Any]:
              info["precision"], threads, [round(v, 4) for v in criterion.targets(torch.tensor([0]))[0].tolist()])
 
     logger = RunLogger(run_dir, purge_step=start_epoch + 1)
+    cleanup = contextlib.ExitStack()  # undone in `finally`, whatever happens
+    cleanup.callback(logger.close)
+    cleanup.enter_context(stop_on_signals())
     epochs_bar = tqdm(range(start_epoch, cfg.trainer.epochs), desc="epochs", disable=not cfg.trainer.progress,
                       initial=start_epoch, total=cfg.trainer.epochs)
     try:
@@ -302,30 +351,37 @@ def fit(cfg: Config, run_dir: Path) -> dict[str, Any]:
             m["lr"] = optimizer.param_groups[0]["lr"]
             m["perf/train_img_per_s"] = steps * B / train_s
             t_eval = time.perf_counter()
-            logits = {s: predict(model, getattr(ds, s), cfg.trainer.eval_batch_size, norm, amp) for s in ("val", "test")}
-            for s, z in logits.items():
-                if len(z):
-                    m.update({f"{s}/{k}": v for k, v in
-                              compute_metrics(z, getattr(ds, s).y.cpu(), cfg.metrics.n_bins, top_k).items()})
-            m["perf/eval_s"] = time.perf_counter() - t_eval
+            if (epoch + 1) % cfg.trainer.eval_every == 0 or epoch + 1 == cfg.trainer.epochs:
+                for s in ("val", "test"):
+                    split = getattr(ds, s)
+                    if len(split):
+                        z = predict(model, split, cfg.trainer.eval_batch_size, norm, amp)
+                        m.update({f"{s}/{k}": v for k, v in
+                                  compute_metrics(z, split.y.cpu(), cfg.metrics.n_bins, top_k).items()})
+                m["perf/eval_s"] = time.perf_counter() - t_eval
             m["perf/epoch_s"] = time.perf_counter() - t_ep
             history.append({"epoch": epoch + 1, **m})
             logger.log_epoch(epoch + 1, m)
             epochs_bar.set_postfix(loss=f"{m['train/loss']:.4f}", val_acc=f"{m.get('val/acc', float('nan')):.3f}")
             if cfg.trainer.checkpoint:
-                save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                                            "epoch": epoch + 1, "history": history})
+                try:
+                    save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                                                "epoch": epoch + 1, "history": history})
+                except OSError as e:  # disk full, quota, read-only: the previous last.pt is untouched
+                    raise RunFailed(f"epoch {epoch + 1}: cannot write {ckpt_path} ({e}); "
+                                    f"the checkpoint of epoch {epoch} is kept") from None
         final = finish(cfg, model, ds, norm, amp, top_k, history, logger, run_dir)
         final["time_s"] = time.perf_counter() - t0
         write_json(final_path, final)
         return final
     except (RunFailed, torch.OutOfMemoryError) as e:
-        write_json(run_dir / "failed.json", {"reason": str(e).splitlines()[0], "type": type(e).__name__,
-                                             "epoch": len(history), "time_s": time.perf_counter() - t0})
+        with contextlib.suppress(OSError):  # on a full disk this fails too; the error itself must surface
+            write_json(run_dir / "failed.json", {"reason": str(e).splitlines()[0], "type": type(e).__name__,
+                                                 "epoch": len(history), "time_s": time.perf_counter() - t0})
         raise
     finally:
-        logger.close()
+        cleanup.close()
 
 
 def finish(cfg: Config, model: nn.Module, ds: Dataset, norm: Normalize, amp: contextlib.AbstractContextManager,
@@ -349,15 +405,32 @@ def finish(cfg: Config, model: nn.Module, ds: Dataset, norm: Normalize, amp: con
         final["train_noisy/acc_true_label"] = float((pred == ds.clean_train_y[ds.noisy_idx.cpu()].cpu()).float().mean())
         final["data/noise_rate_realised"] = len(ds.noisy_idx) / len(ds.train)
     final["epochs"] = len(history)
-    final["metric_settings"] = {"n_bins": cfg.metrics.n_bins, "binning": "equal-width ((m-1)/M, m/M]",
-                                "top_k": top_k, "temperature_applied_to": "*_ts/ only"}
+    final["metric_settings"] = {"n_bins": cfg.metrics.n_bins, "top_k": top_k, "softmax": "float64",
+                                "binning": "equal-width ((m-1)/M, m/M], 0 in the first bin, 1 in the last",
+                                "adaece_binning": "equal-mass: bin floor(M * #{j: conf_j < conf_i} / N)",
+                                "temperature_applied_to": "*_ts/ only"}
     # Saved predictions: float32 logits and int64 labels, untempered; recompute any metric later
     # with ls_bench.metrics.compute_metrics(torch.from_numpy(f["test_logits"]), ...).
     np.savez_compressed(run_dir / "predictions.npz", **{f"{s}_{k}": v for s in ("val", "test") for k, v in
                                                         (("logits", logits[s].numpy()), ("labels", labels[s].numpy()))})
+    # Figures of the test split, once per run: PNGs in run_dir, images in TensorBoard.
+    t_fig, cpu_fig = time.perf_counter(), time.process_time()
+    try:
+        from ls_bench.calibration import select_per_class, write_figures  # imports matplotlib lazily
+
+        pen = None
+        if model.head.out_features >= 3:  # Müller et al. Fig. 1 needs three class templates
+            idx = select_per_class(labels["test"], (0, 1, 2), per_class=100)
+            feats = predict(model, ds.test.take(idx).to(ds.test.y.device), eb, norm, amp, features=True)
+            pen = (feats, labels["test"][idx], model.head.weight.detach().float().cpu(), (0, 1, 2))
+        write_figures(logger, run_dir, logits["test"], labels["test"], cfg.metrics.n_bins, final.get("temperature"),
+                      pen, ds.classes, f"{cfg.model.name}, {cfg.loss.name} eps={cfg.loss.epsilon:g}")
+    except Exception as e:  # a plotting failure must not lose the run's metrics
+        log.warning("calibration figures failed (%s: %s); metrics are unaffected", type(e).__name__, e)
+    log.info("calibration figures: %.2f s (%.2f s CPU)", time.perf_counter() - t_fig, time.process_time() - cpu_fig)
     hp = {"loss": cfg.loss.name, "epsilon": cfg.loss.epsilon, "prior": str(cfg.loss.prior), "model": cfg.model.name,
           "data": cfg.data.name, "seed": cfg.seed, "noise_rate": cfg.data.label_noise.rate,
           "epochs": cfg.trainer.epochs, "lr": cfg.optim.lr, "batch_size": cfg.trainer.batch_size}
     logger.log_hparams(hp, {f"hparam/{k}": v for k, v in final.items()
-                            if isinstance(v, float) and k.split("/")[0] in ("test", "test_ts", "val")})
+                            if isinstance(v, float) and k.split("/")[0] in ("test", "test_ts", "val", "temperature")})
     return final

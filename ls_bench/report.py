@@ -1,0 +1,510 @@
+"""`ls-bench-report SWEEP_DIR`: aggregate a sweep over seeds into a table, summary.csv/.md and plots.
+
+Reads only what programs are meant to read: each job's `.hydra/config.yaml`, `final.json` or
+`failed.json`, `metrics.jsonl` (progress of unfinished runs) and `predictions.npz` (reliability
+diagrams); never the TensorBoard event files.
+
+Runs are grouped by their whole resolved config except the seeds (`seed`, `seeds.*`) and the keys
+in IGNORED, so a group is "one setting, several seeds". Per group and metric: mean, sample std
+and the 95% confidence half-width t(0.975, n-1)·s/√n (Student t). For every ε > 0, the paired
+difference to ε = 0: runs that differ only in `loss.epsilon` (same seed, so the same initial weights
+and batches) are subtracted seed by seed, and the mean ± 95% CI of those differences is reported;
+pairing removes the seed-to-seed variance that both runs share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import yaml
+
+# The metrics of the report, in table order; those absent from every final.json are left out.
+METRICS = ("test/acc", "test/nll", "test/ece", "test/adaece", "test/brier", "test_ts/ece", "temperature")
+PLOT_METRICS = ("test/acc", "test/nll", "test/ece", "test_ts/ece")
+EPS = "loss.epsilon"
+# Keys that change where or how visibly a run executes, not what it computes.
+IGNORED = frozenset({"trainer.progress", "trainer.device", "trainer.num_threads", "trainer.checkpoint",
+                     "data.root", "data.cache_dir", "data.download"})
+LEVEL = 0.95  # confidence level of every interval in the report
+
+
+# --- Student t quantile (scipy is not a dependency) --------------------------------------------
+
+
+def t_cdf(t: float, df: int) -> float:
+    """P(T <= t), T ~ Student t with integer df >= 1: the finite series of Abramowitz & Stegun
+    26.7.3 (odd df) and 26.7.4 (even df) in θ = atan(t/√df), exact up to rounding."""
+    theta = math.atan(t / math.sqrt(df))
+    s, c, c2 = math.sin(theta), math.cos(theta), math.cos(theta) ** 2
+    if df % 2:  # A = (2/π)[θ + sinθ(cosθ + (2/3)cos³θ + ... + (2·4···(df-3))/(1·3···(df-2)) cos^(df-2)θ)]
+        term, total = c, 0.0
+        for j in range(1, (df - 1) // 2 + 1):
+            total += term
+            term *= c2 * (2 * j) / (2 * j + 1)
+        a = 2 / math.pi * (theta + s * total)
+    else:  # A = sinθ[1 + (1/2)cos²θ + (1·3)/(2·4)cos⁴θ + ... + (1·3···(df-3))/(2·4···(df-2)) cos^(df-2)θ]
+        term, total = 1.0, 0.0
+        for j in range(1, df // 2 + 1):
+            total += term
+            term *= c2 * (2 * j - 1) / (2 * j)
+        a = s * total
+    return 0.5 + 0.5 * a  # A(t|df) = P(|T| <= t), signed with t through θ
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The p-quantile of Student t with integer df, by bisection on t_cdf (|error| < 1e-10)."""
+    if not 0 < p < 1 or df < 1:
+        raise ValueError(f"t_quantile needs 0 < p < 1 and df >= 1; got p={p}, df={df}")
+    if p < 0.5:
+        return -t_quantile(1 - p, df)
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1e-10 * max(1.0, hi):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+@dataclass
+class Stats:
+    n: int
+    mean: float | None
+    std: float | None  # sample standard deviation (n - 1); None for n < 2
+    ci: float | None  # half-width of the 95% CI of the mean; None for n < 2
+
+
+def summarize(values: Sequence[float]) -> Stats:
+    n = len(values)
+    if n == 0:
+        return Stats(0, None, None, None)
+    mean = statistics.fmean(values)
+    if n == 1:
+        return Stats(1, mean, None, None)
+    std = statistics.stdev(values)
+    return Stats(n, mean, std, t_quantile(0.5 + LEVEL / 2, n - 1) * std / math.sqrt(n))
+
+
+# --- reading a sweep ----------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    dir: Path
+    config: dict[str, Any]  # flattened: {"loss.epsilon": 0.1, ...}
+    status: str  # done | failed | missing
+    final: dict[str, Any] = field(default_factory=dict)
+    note: str = ""  # failed: the reason; missing: how far it got
+
+    def value(self, metric: str) -> float | None:
+        v = self.final.get(metric)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def is_seed_key(key: str) -> bool:
+    return key == "seed" or key.startswith("seeds.")
+
+
+def canonical(v: Any) -> str:
+    """A hashable spelling of a config value in which 0 and 0.0 are equal."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return repr(float(v))
+    return json.dumps(v, sort_keys=True)
+
+
+def read_run(job_dir: Path) -> Run:
+    config = flatten(yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text()) or {})
+    if (job_dir / "final.json").exists():
+        return Run(job_dir, config, "done", json.loads((job_dir / "final.json").read_text()))
+    if (job_dir / "failed.json").exists():
+        info = json.loads((job_dir / "failed.json").read_text())
+        after = f" ({info['epoch']} epochs finished)" if "epoch" in info else ""
+        return Run(job_dir, config, "failed", note=f"{info.get('reason', '?')}{after}")
+    epochs = 0
+    if (job_dir / "metrics.jsonl").exists():
+        from ls_bench.logs import read_jsonl
+
+        epochs = max((r.get("epoch", 0) for r in read_jsonl(job_dir / "metrics.jsonl")), default=0)
+    return Run(job_dir, config, "missing",
+               note=f"no final.json or failed.json; {epochs}/{config.get('trainer.epochs', '?')} epochs logged "
+                    f"(still running, or killed: relaunch the sweep to resume it)")
+
+
+def find_runs(sweep_dir: Path) -> list[Run]:
+    """Every job directory (one holding .hydra/config.yaml) at or below sweep_dir."""
+    return [read_run(p.parent.parent) for p in sorted(sweep_dir.rglob(".hydra/config.yaml"))]
+
+
+def _split_top_level(s: str) -> list[str]:
+    """Split on commas outside brackets and quotes, as Hydra's sweep syntax `a,[1,2],'x,y'` does."""
+    parts, depth, quote, cur = [], 0, "", ""
+    for ch in s:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+            continue
+        cur += ch
+    return parts + [cur]
+
+
+def expected_jobs(sweep_dir: Path) -> int | None:
+    """Job count of the sweep from multirun.yaml's overrides, when they are plain comma lists
+    (None for sweep functions such as range() or glob(), whose expansion needs Hydra)."""
+    path = sweep_dir / "multirun.yaml"
+    if not path.exists():
+        return None
+    try:
+        task = (yaml.safe_load(path.read_text()) or {})["hydra"]["overrides"]["task"]
+    except (KeyError, TypeError, yaml.YAMLError):
+        return None
+    total = 1
+    for override in task or []:
+        _, _, value = str(override).partition("=")
+        if any(f in value for f in ("range(", "glob(", "choice(", "interval(", "tag(", "shuffle(", "sort(")):
+            return None
+        total *= len(_split_top_level(value))
+    return total
+
+
+# --- grouping and statistics --------------------------------------------------------------------
+
+
+@dataclass
+class Group:
+    labels: dict[str, Any]  # the varying config keys and their values in this group
+    runs: list[Run]  # all of its runs, whatever their status
+    stats: dict[str, Stats] = field(default_factory=dict)
+    diffs: dict[str, Stats] = field(default_factory=dict)  # paired difference to ε = 0, same seed
+
+    @property
+    def done(self) -> list[Run]:
+        return [r for r in self.runs if r.status == "done"]
+
+
+def setting_key(config: dict[str, Any], drop: Iterable[str] = ()) -> tuple[tuple[str, str], ...]:
+    """What a run computes: its config without the ignored keys (and without `drop`)."""
+    skip = IGNORED | set(drop)
+    return tuple(sorted((k, canonical(v)) for k, v in config.items() if k not in skip))
+
+
+def varying_keys(runs: Sequence[Run]) -> list[str]:
+    """Config keys (not seeds, not ignored) that take more than one value; loss.epsilon always."""
+    keys: list[str] = []
+    for r in runs:
+        keys += [k for k in r.config if k not in keys]
+    out = [k for k in keys if k not in IGNORED and not is_seed_key(k)
+           and len({canonical(r.config.get(k)) for r in runs}) > 1]
+    return [k for k in out if k != EPS] + [EPS]
+
+
+def _sort_key(values: Iterable[Any]) -> tuple:
+    return tuple((0, float(v), "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0.0, str(v))
+                 for v in values)
+
+
+def build_groups(runs: Sequence[Run], metrics: Sequence[str]) -> tuple[list[Group], list[str]]:
+    keys = varying_keys(runs)
+    seeds = {k for r in runs for k in r.config if is_seed_key(k)}
+    by_setting: dict[tuple, Group] = {}
+    for r in runs:
+        g = by_setting.setdefault(setting_key(r.config, seeds), Group({k: r.config.get(k) for k in keys}, []))
+        g.runs.append(r)
+    # Baselines for the paired differences: the ε = 0 run of the same setting and the same seeds.
+    base = {setting_key(r.config, [EPS]): r for r in runs if r.status == "done" and r.config.get(EPS) == 0}
+    for g in by_setting.values():
+        for m in metrics:
+            g.stats[m] = summarize([v for r in g.done if (v := r.value(m)) is not None])
+            if g.labels.get(EPS) == 0:
+                continue
+            pairs = [(r.value(m), b.value(m)) for r in g.done if (b := base.get(setting_key(r.config, [EPS])))]
+            g.diffs[m] = summarize([a - b for a, b in pairs if a is not None and b is not None])
+    groups = sorted(by_setting.values(), key=lambda g: _sort_key(g.labels.values()))
+    return groups, keys
+
+
+def present_metrics(runs: Sequence[Run]) -> list[str]:
+    return [m for m in METRICS if any(r.value(m) is not None for r in runs if r.status == "done")]
+
+
+# --- tables -------------------------------------------------------------------------------------
+
+
+def _num(x: float | None, signed: bool = False) -> str:
+    return "" if x is None else (f"{x:+.4f}" if signed else f"{x:.4f}")
+
+
+def _label(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def csv_rows(groups: Sequence[Group], keys: Sequence[str], metrics: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per setting. `m ci95` is the half-width: the interval is mean ± ci95."""
+    rows = []
+    for g in groups:
+        row: dict[str, Any] = {k: g.labels[k] for k in keys}
+        seeds = sorted({r.config.get("seed") for r in g.done}, key=lambda s: (s is None, s))
+        row.update({"n": len(g.done), "seeds": " ".join(map(str, seeds)),
+                    "failed": sum(r.status == "failed" for r in g.runs),
+                    "missing": sum(r.status == "missing" for r in g.runs)})
+        for m in metrics:
+            s = g.stats[m]
+            row.update({f"{m} mean": s.mean, f"{m} std": s.std, f"{m} ci95": s.ci})
+        for m in metrics:
+            d = g.diffs.get(m)
+            row.update({f"{m} diff": d.mean if d else None, f"{m} diff ci95": d.ci if d else None,
+                        f"{m} diff n": d.n if d else None})
+        rows.append(row)
+    return rows
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
+    from ls_bench.logs import atomic_write_text
+
+    atomic_write_text(path, buf.getvalue())
+
+
+def mean_cell(s: Stats, with_ci: bool) -> str:
+    if s.mean is None:
+        return "–"
+    cell = _num(s.mean) + (f" ± {_num(s.std)}" if s.std is not None else "")
+    if with_ci and s.ci is not None:
+        cell += f" [{_num(s.mean - s.ci)}, {_num(s.mean + s.ci)}]"
+    return cell
+
+
+def diff_cell(d: Stats | None) -> str:
+    if d is None:
+        return "(ε = 0)"
+    if d.mean is None:
+        return "–"
+    return _num(d.mean, True) + (f" ± {_num(d.ci)}" if d.ci is not None else "")
+
+
+def tables(groups: Sequence[Group], keys: Sequence[str], metrics: Sequence[str],
+           with_ci: bool) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
+    """(header, rows) of the mean table and of the paired-difference table."""
+    head = [*keys, "n", *metrics]
+    rows = [[*(_label(g.labels[k]) for k in keys), str(len(g.done)), *(mean_cell(g.stats[m], with_ci) for m in metrics)]
+            for g in groups]
+    dhead = [*keys, "pairs", *(f"Δ{m}" for m in metrics)]
+    drows = [[*(_label(g.labels[k]) for k in keys), str(max((d.n for d in g.diffs.values()), default=0)),
+              *(diff_cell(g.diffs.get(m)) for m in metrics)] for g in groups if any(d.n for d in g.diffs.values())]
+    return head, rows, dhead, drows
+
+
+def text_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(c) for c in col) for col in zip(head, *rows)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [head, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def md_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---:" for _ in head) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def problems(runs: Sequence[Run], sweep_dir: Path) -> list[str]:
+    lines = [f"{r.status}: {r.dir.relative_to(sweep_dir) if r.dir != sweep_dir else '.'}: {r.note}"
+             for r in runs if r.status != "done"]
+    expected = expected_jobs(sweep_dir)
+    if expected is not None and expected > len(runs):
+        lines.append(f"not started: {expected - len(runs)} of the {expected} jobs in multirun.yaml have no "
+                     f"directory yet")
+    return lines
+
+
+# --- plots --------------------------------------------------------------------------------------
+
+
+def _other_label(labels: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_label(v)}" for k, v in labels.items() if k != EPS)
+
+
+def plot_metrics(groups: Sequence[Group], metrics: Sequence[str], path: Path) -> None:
+    """Each metric against ε, one line per setting of the other varying keys; bars: 95% CI."""
+    from matplotlib.figure import Figure
+
+    metrics = [m for m in PLOT_METRICS if m in metrics] or list(metrics)
+    fig = Figure(figsize=(4 * len(metrics), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    lines: dict[str, list[Group]] = {}
+    for g in groups:
+        lines.setdefault(_other_label(g.labels), []).append(g)
+    for ax, m in zip(axes, metrics):
+        for label, gs in lines.items():
+            pts = [(float(g.labels[EPS]), g.stats[m]) for g in gs if g.stats[m].mean is not None]
+            if pts:
+                ax.errorbar([x for x, _ in pts], [s.mean for _, s in pts], yerr=[s.ci or 0.0 for _, s in pts],
+                            marker="o", capsize=3, label=label or None)
+        ax.set(xlabel="ε (loss.epsilon)", ylabel=m, title=m)
+        ax.grid(alpha=0.3)
+    handles, names = axes[0].get_legend_handles_labels()
+    if names:  # only when something besides ε varies
+        fig.legend(handles, names, loc="outside lower center", fontsize="small")
+    fig.suptitle(f"mean over seeds, error bars: {LEVEL:.0%} CI (Student t)")
+    fig.savefig(path, dpi=110)
+
+
+def pooled_bins(runs: Sequence[Run], split: str = "test") -> tuple[dict[str, list[float]], float, int] | None:
+    """Reliability-diagram bins of the runs' saved predictions pooled together; also the pooled ECE."""
+    import numpy as np
+    import torch
+
+    from ls_bench.metrics import calibration_bins, confidence_correct
+
+    logits, labels = [], []
+    for r in runs:
+        p = r.dir / "predictions.npz"
+        if p.exists():
+            with np.load(p, allow_pickle=False) as f:  # data only: a pickled object array is refused
+                logits.append(torch.from_numpy(f[f"{split}_logits"]))
+                labels.append(torch.from_numpy(f[f"{split}_labels"]).long())
+    if not logits:
+        return None
+    conf, correct = confidence_correct(torch.cat(logits), torch.cat(labels))
+    n_bins = int(runs[0].config.get("metrics.n_bins", 15))
+    bins = calibration_bins(conf, correct, n_bins)
+    n = sum(bins["count"])
+    ece = sum(c / n * abs(a - p) for a, p, c in zip(bins["acc"], bins["conf"], bins["count"]))
+    return bins, ece, len(logits)
+
+
+def draw_reliability(ax: Any, bins: dict[str, list[float]]) -> None:
+    """Bars: accuracy per equal-width confidence bin; red: the gap to the bin's mean confidence."""
+    m = len(bins["acc"])
+    centres = [(i + 0.5) / m for i in range(m)]
+    filled = [i for i in range(m) if bins["count"][i] > 0]
+    acc = [bins["acc"][i] for i in filled]
+    conf = [bins["conf"][i] for i in filled]
+    x = [centres[i] for i in filled]
+    ax.bar(x, acc, width=1 / m, color="tab:blue", edgecolor="black", linewidth=0.5, label="accuracy")
+    ax.bar(x, [c - a for a, c in zip(acc, conf)], bottom=acc, width=1 / m, fill=False, edgecolor="red",
+           hatch="///", linewidth=0.5, label="gap to confidence")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
+
+
+def plot_reliability(groups: Sequence[Group], path: Path) -> bool:
+    """Grid of reliability diagrams on the test split: a row per other setting, a column per ε."""
+    from matplotlib.figure import Figure
+
+    rows: dict[str, dict[float, Group]] = {}
+    for g in groups:
+        if g.done:
+            rows.setdefault(_other_label(g.labels), {})[float(g.labels[EPS])] = g
+    eps = sorted({e for r in rows.values() for e in r})
+    if not eps:
+        return False
+    fig = Figure(figsize=(max(6.0, 2.8 * len(eps)), 2.9 * len(rows) + 0.4), layout="constrained")
+    axes = fig.subplots(len(rows), len(eps), squeeze=False, sharex=True, sharey=True)
+    for i, (label, by_eps) in enumerate(rows.items()):
+        for j, e in enumerate(eps):
+            ax = axes[i][j]
+            got = pooled_bins(by_eps[e].done) if e in by_eps else None
+            if got is None:
+                ax.set_axis_off()
+                continue
+            bins, ece, n = got
+            draw_reliability(ax, bins)
+            ax.set_title(f"ε={e:g}: ECE {ece:.4f}\n{n} seed{'s' * (n > 1)} pooled", fontsize="small")
+            if j == 0 and label:  # the row's setting, one key per line
+                ax.set_ylabel(label.replace(", ", "\n") + "\naccuracy", fontsize="small")
+    fig.suptitle("test reliability: seeds pooled, before temperature scaling", fontsize="medium")
+    fig.savefig(path, dpi=110)
+    return True
+
+
+# --- command ------------------------------------------------------------------------------------
+
+
+def report(sweep_dir: Path, plots: bool = True, out: Any = sys.stdout) -> list[Group]:
+    """Read, aggregate, print, and write summary.csv, summary.md and the plots into sweep_dir."""
+    runs = find_runs(sweep_dir)
+    if not runs:
+        raise FileNotFoundError(f"no run directories (with .hydra/config.yaml) below {sweep_dir}")
+    metrics = present_metrics(runs)
+    groups, keys = build_groups(runs, metrics)
+    head, rows, dhead, drows = tables(groups, keys, metrics, with_ci=False)
+    done = sum(r.status == "done" for r in runs)
+    notes = problems(runs, sweep_dir)
+    print(f"{sweep_dir}: {done} of {len(runs)} runs finished, {len(groups)} settings; mean ± std over seeds",
+          file=out)
+    print(text_table(head, rows), file=out)
+    if drows:
+        print(f"\npaired difference to ε = 0 on the same seed: mean ± {LEVEL:.0%} CI half-width", file=out)
+        print(text_table(dhead, drows), file=out)
+    for line in notes:
+        print(line, file=out)
+
+    write_csv(sweep_dir / "summary.csv", csv_rows(groups, keys, metrics))
+    head, rows, dhead, drows = tables(groups, keys, metrics, with_ci=True)
+    md = [f"# Sweep summary: {sweep_dir.name}", "",
+          f"{done} of {len(runs)} runs finished. Cells: mean ± std over seeds [{LEVEL:.0%} CI, Student t].", "",
+          md_table(head, rows)]
+    if drows:
+        md += ["", f"Paired difference to ε = 0 on the same seed: mean ± {LEVEL:.0%} CI half-width.", "",
+               md_table(dhead, drows)]
+    if notes:
+        md += ["", "## Unfinished runs", "", *(f"- {line}" for line in notes)]
+    written = ["summary.csv", "summary.md"]
+    if plots and done:
+        plot_metrics(groups, metrics, sweep_dir / "metrics_vs_epsilon.png")
+        written.append("metrics_vs_epsilon.png")
+        if plot_reliability(groups, sweep_dir / "reliability_test.png"):
+            written.append("reliability_test.png")
+        md += ["", *(f"![{n}]({n})" for n in written[2:])]
+    from ls_bench.logs import atomic_write_text
+
+    atomic_write_text(sweep_dir / "summary.md", "\n".join(md) + "\n")
+    print(f"wrote {', '.join(written)} in {sweep_dir}", file=out)
+    return groups
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="ls-bench-report", description=__doc__.split("\n")[0])
+    parser.add_argument("sweep_dir", type=Path, help="a sweep directory (hydra.sweep.dir) or any folder of runs")
+    parser.add_argument("--no-plots", action="store_true", help="tables only (no PNG files)")
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        parser.exit(2, f"ls-bench-report: error: {args.sweep_dir} is not a directory\n")
+    try:
+        report(args.sweep_dir, plots=not args.no_plots)
+    except FileNotFoundError as e:
+        parser.exit(2, f"ls-bench-report: error: {e}\n")
+
+
+if __name__ == "__main__":
+    main()

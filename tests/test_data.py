@@ -1,0 +1,249 @@
+"""The tensor-resident loader, batched augmentation, ImageFolder listing and decode cache, splits.
+
+References are independent: torchvision's ImageFolder + PIL for decoding and file order,
+torchvision.transforms.v2.functional for crops and flips, scikit-learn for stratified splits,
+float64 torch reductions for channel statistics, chi-square tests for the augmentation law.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy.stats import binomtest, chisquare
+from torchvision.transforms.v2 import functional as TF
+
+from ls_bench.config import DataConfig
+from ls_bench.data import (Normalize, Split, _list_images, channel_stats, eval_batches, load_dataset,
+                           random_crop_flip, stratified_split, train_batches)
+
+PAD = 4
+# torchvision 0.29 deprecates its image decoders (in favour of TorchCodec) with a warning per call.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:torchvision.*")
+
+
+# --- augmentation --------------------------------------------------------------------------------
+
+
+def position_images(n: int, size: int = 32) -> torch.Tensor:
+    """Channel 0 holds row + 1, channel 1 holds column + 1 (0 is the zero padding), channel 2 noise."""
+    r = torch.arange(1, size + 1, dtype=torch.uint8)
+    x = torch.empty(n, 3, size, size, dtype=torch.uint8)
+    x[:, 0] = r[:, None]
+    x[:, 1] = r[None, :]
+    x[:, 2] = torch.randint(0, 256, (n, size, size), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    return x
+
+
+def recover(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(row offset, column offset, flipped) of each crop, from the centre pixels of position images.
+
+    Output pixel (16, c) reads padded column dx + c, or dx + 31 - c when flipped; the original
+    column is that minus PAD, and channel 1 stores it + 1. The centre is inside the image for
+    every offset in 0..8.
+    """
+    row = out[:, 0, 16, 16].long() - 1  # = 16 + dy - PAD
+    c16, c17 = out[:, 1, 16, 16].long() - 1, out[:, 1, 16, 17].long() - 1
+    flipped = c17 < c16
+    dx = torch.where(flipped, c16 - (31 - 16) + PAD, c16 - 16 + PAD)
+    return row - 16 + PAD, dx, flipped
+
+
+def test_crop_offsets_are_uniform_on_0_to_8_and_flip_rate_is_one_half():
+    n = 18_000
+    out = random_crop_flip(position_images(n), PAD, torch.Generator().manual_seed(0))
+    dy, dx, flipped = recover(out)
+    for off in (dy, dx):
+        counts = torch.bincount(off, minlength=2 * PAD + 1)
+        assert len(counts) == 2 * PAD + 1 and counts.min() > 0  # exactly the values 0..8
+        assert chisquare(counts.numpy()).pvalue > 1e-3
+    joint = torch.bincount(dy * 9 + dx, minlength=81)  # independent axes: uniform on the 81 pairs
+    assert chisquare(joint.numpy()).pvalue > 1e-3
+    assert binomtest(int(flipped.sum()), n, 0.5).pvalue > 1e-3
+    # flips independent of the offsets: the flip rate is 1/2 within every row offset
+    for v in range(9):
+        sel = flipped[dy == v]
+        assert binomtest(int(sel.sum()), len(sel), 0.5).pvalue > 1e-4
+
+
+def test_each_crop_equals_torchvision_crop_of_the_padded_image():
+    x = torch.randint(0, 256, (48, 3, 32, 32), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    out = random_crop_flip(x, PAD, torch.Generator().manual_seed(3))
+    dy, dx, flipped = recover(random_crop_flip(position_images(48), PAD, torch.Generator().manual_seed(3)))
+    seen_flip = set()
+    for b in range(len(x)):
+        ref = TF.crop(TF.pad(x[b], [PAD], fill=0), int(dy[b]), int(dx[b]), 32, 32)
+        if flipped[b]:
+            ref = TF.horizontal_flip(ref)
+        assert torch.equal(out[b], ref), b
+        seen_flip.add(bool(flipped[b]))
+    assert seen_flip == {True, False}
+    assert out.dtype == torch.uint8 and out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_crop_is_the_same_from_either_memory_layout_and_odd_sizes():
+    x = torch.randint(0, 256, (6, 1, 8, 13), generator=torch.Generator().manual_seed(4), dtype=torch.uint8)
+    a = random_crop_flip(x, 2, torch.Generator().manual_seed(5))
+    b = random_crop_flip(x.contiguous(memory_format=torch.channels_last), 2, torch.Generator().manual_seed(5))
+    assert a.shape == x.shape and torch.equal(a, b)
+
+
+# --- normalisation and batches ---------------------------------------------------------------------
+
+
+def test_normalize_matches_torchvision_normalize_in_both_layouts():
+    x = torch.randint(0, 256, (5, 3, 6, 6), dtype=torch.uint8)
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    ref = TF.normalize(x.float() / 255, list(mean), list(std))
+    for cl in (True, False):
+        z = Normalize(mean, std, torch.device("cpu"), channels_last=cl)(x)
+        assert z.dtype == torch.float32
+        torch.testing.assert_close(z, ref, rtol=1e-5, atol=1e-5)
+        assert z.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+
+
+def test_train_batches_cover_a_permutation_with_fixed_size_and_replay_by_seed():
+    split = Split(torch.randint(0, 256, (70, 3, 8, 8), dtype=torch.uint8), torch.arange(70) % 7)
+    norm = Normalize((0.5,) * 3, (0.25,) * 3, torch.device("cpu"), channels_last=True)
+    batches = list(train_batches(split, 16, seed=9, augment=True, norm=norm))
+    idx = torch.cat([i for _, _, i in batches])
+    assert [len(y) for _, y, _ in batches] == [16] * 4  # drop_last: 70 // 16 full steps
+    assert len(set(idx.tolist())) == 64  # no image twice in an epoch
+    assert all(torch.equal(y, split.y[i]) for _, y, i in batches)
+    again = list(train_batches(split, 16, seed=9, augment=True, norm=norm))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[2], b[2]) for a, b in zip(batches, again))
+    other = list(train_batches(split, 16, seed=10, augment=True, norm=norm))
+    assert not torch.equal(torch.cat([i for _, _, i in other]), idx)
+    ev = list(eval_batches(split, 32, norm))
+    assert [len(y) for _, y in ev] == [32, 32, 6]
+    torch.testing.assert_close(torch.cat([x for x, _ in ev]), norm(split.x))
+
+
+# --- statistics and splits -------------------------------------------------------------------------
+
+
+def test_channel_stats_equal_float64_reductions():
+    x = torch.randint(0, 256, (300, 3, 7, 5), generator=torch.Generator().manual_seed(6), dtype=torch.uint8)
+    mean, std = channel_stats(x)
+    xf = x.double() / 255
+    np.testing.assert_allclose(mean, xf.mean(dim=(0, 2, 3)).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(std, xf.std(dim=(0, 2, 3)).numpy(), rtol=1e-12)
+    assert channel_stats(torch.full((4, 1, 3, 3), 7, dtype=torch.uint8))[1] == (1e-3,)  # constant: floored
+
+
+@pytest.mark.parametrize("y, n", [
+    (np.repeat(np.arange(10), 500), 500),  # CIFAR-like, balanced
+    (np.repeat(np.arange(10), 500), 499),  # remainder: ties broken at random
+    (np.random.RandomState(1).choice(5, 997, p=[.5, .2, .15, .1, .05]), 300),  # imbalanced
+    (np.repeat(np.arange(3), [2, 50, 9]), 7),  # tiny classes
+    (np.repeat(np.arange(3), [1, 50, 9]), 7),  # a class of one image: sklearn's own path
+])
+def test_stratified_split_is_sklearns_train_test_split(y, n):
+    from sklearn.model_selection import train_test_split
+
+    for seed in range(4):
+        idx = np.arange(len(y))
+        try:
+            a, b = train_test_split(idx, test_size=n, stratify=y, random_state=seed)
+        except ValueError:
+            with pytest.raises(ValueError):
+                stratified_split(torch.from_numpy(y), n, seed)
+            continue
+        rest, held = stratified_split(torch.from_numpy(y), n, seed)
+        assert np.array_equal(rest, np.sort(a)) and np.array_equal(held, np.sort(b))
+
+
+# --- ImageFolder listing and the decode cache --------------------------------------------------------
+
+
+@pytest.fixture
+def small_cifar(tmp_path: Path, cifar_root: Path) -> Path:
+    """2 classes × 20 images per split copied from the shared CIFAR-10, in a nested layout."""
+    root = tmp_path / "cifar-small"
+    for split in ("train", "test"):
+        for cls in ("cat", "ship"):
+            files = sorted((cifar_root / split / cls).iterdir())[:20]
+            for i, f in enumerate(files):
+                dest = root / split / cls / ("sub" if i % 4 == 0 else "") / f.name  # os.walk order matters
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, dest)
+    (root / "train" / "cat" / "notes.txt").write_text("not an image")  # skipped, like ImageFolder does
+    return root
+
+
+def tree_state(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+def cache_files(cache: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_ino for p in cache.glob("*.pt")}
+
+
+def test_listing_follows_torchvision_imagefolder_order(small_cifar: Path):
+    from torchvision.datasets import ImageFolder
+
+    for split in ("train", "test"):
+        ref = ImageFolder(str(small_cifar / split))
+        files, classes = _list_images(small_cifar / split)
+        assert classes == ref.classes == ["cat", "ship"]
+        assert files == [(p, c) for p, c in ref.samples]
+
+
+def test_imagefolder_pixels_equal_pil_decoding_and_root_is_never_written(small_cifar: Path, tmp_path: Path):
+    from torchvision.datasets import ImageFolder
+
+    before = tree_state(small_cifar)
+    cfg = DataConfig(name="imagefolder", root=str(small_cifar), val_size=4, augment=True,
+                     cache_dir=str(tmp_path / "cache"))
+    ds = load_dataset(cfg)
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (36, 4, 40) and ds.classes == ["cat", "ship"]
+    ref = ImageFolder(str(small_cifar / "test"))  # PIL decoding, torchvision's order
+    x_ref = torch.stack([torch.from_numpy(np.array(img)).permute(2, 0, 1) for img, _ in ref])
+    assert torch.equal(ds.test.x, x_ref) and torch.equal(ds.test.y, torch.tensor(ref.targets))
+    load_dataset(cfg)  # and a cache hit
+    assert tree_state(small_cifar) == before  # nothing created, changed or touched under data.root
+    assert len(cache_files(tmp_path / "cache")) == 2  # train and test, in data.cache_dir
+
+
+def test_cache_hit_stale_and_corrupt_entries(small_cifar: Path, tmp_path: Path):
+    cache = tmp_path / "cache"
+    cfg = DataConfig(name="imagefolder", root=str(small_cifar), val_size=4, cache_dir=str(cache))
+    first = load_dataset(cfg)
+    entries = cache_files(cache)
+    assert len(entries) == 2
+
+    # Hit: the same files are read back, not decoded and rewritten (same inodes).
+    again = load_dataset(cfg)
+    assert cache_files(cache) == entries and torch.equal(again.test.x, first.test.x)
+
+    # Stale: an image changes (content, size, mtime) -> a new entry replaces the old one.
+    victim = sorted((small_cifar / "test" / "ship").glob("*.jpg"))[0]
+    shutil.copy2(sorted((small_cifar / "test" / "cat").glob("*.jpg"))[0], victim)
+    os.utime(victim, ns=(victim.stat().st_atime_ns, victim.stat().st_mtime_ns + 10**9))
+    changed = load_dataset(cfg)
+    now = cache_files(cache)
+    assert len(now) == 2 and [k for k in now if k.startswith("imagefolder-train")] == \
+        [k for k in entries if k.startswith("imagefolder-train")]
+    test_entry = next(k for k in now if k.startswith("imagefolder-test"))
+    assert test_entry not in entries
+    pos = [i for i, (p, _) in enumerate(_list_images(small_cifar / "test")[0]) if p == str(victim)][0]
+    assert not torch.equal(changed.test.x[pos], first.test.x[pos])
+    assert torch.equal(changed.test.x[pos], torch.from_numpy(np.array(Image.open(victim).convert("RGB"))).permute(2, 0, 1))
+
+    # Corrupt: a flipped byte in the pixel payload, then a truncated file -> rebuilt, same pixels.
+    path = cache / test_entry
+    blob = bytearray(path.read_bytes())
+    x = changed.test.x.clone()  # the loaded tensor maps the file we are about to damage
+    start = bytes(blob).find(x.flatten()[:64].numpy().tobytes())
+    assert start > 0
+    blob[start + 1000] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    ino = path.stat().st_ino
+    assert torch.equal(load_dataset(cfg).test.x, x) and path.stat().st_ino != ino  # rewritten
+    path.write_bytes(path.read_bytes()[:5000])
+    assert torch.equal(load_dataset(cfg).test.x, x) and path.stat().st_size > 5000

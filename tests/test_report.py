@@ -1,0 +1,183 @@
+"""ls-bench-report on a real 4-run sweep (ε ∈ {0, 0.1} × seed ∈ {0, 1}), run once per session;
+every number in summary.csv is recomputed here from the final.json files with numpy."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import REPO, run_cli
+from ls_bench.metrics import compute_metrics
+from ls_bench.report import (EPS, Run, build_groups, expected_jobs, pooled_bins, report, t_cdf, t_quantile,
+                             varying_keys)
+
+# Two-sided 95% quantiles t(0.975, df) from any statistics textbook table.
+T975 = {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 5: 2.5706, 9: 2.2622, 10: 2.2281, 20: 2.0860, 30: 2.0423}
+METRICS = ("test/acc", "test/nll", "test/ece", "test/adaece", "test/brier", "test_ts/ece", "temperature")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("report") / "sweep"
+    r = run_cli("-m", "experiment=quickstart", "trainer.epochs=2", "loss.epsilon=0,0.1", "seed=0,1",
+                "trainer.progress=false", f"hydra.sweep.dir={d}")
+    assert r.returncode == 0, r.stderr
+    return d
+
+
+@pytest.fixture(scope="module")
+def summary(sweep: Path) -> list[dict[str, str]]:
+    report(sweep, plots=True, out=io.StringIO())
+    with open(sweep / "summary.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def finals(sweep: Path) -> dict[tuple[float, int], dict]:
+    """{(ε, seed): final.json} read straight from the job directories."""
+    out = {}
+    for job in sweep.iterdir():
+        if (job / "final.json").exists():
+            cfg = yaml.safe_load((job / ".hydra/config.yaml").read_text())
+            out[(float(cfg["loss"]["epsilon"]), cfg["seed"])] = json.loads((job / "final.json").read_text())
+    return out
+
+
+def ci95(x: np.ndarray) -> float:
+    return T975[len(x) - 1] * x.std(ddof=1) / math.sqrt(len(x))
+
+
+def test_t_quantile_matches_the_textbook_table() -> None:
+    for df, q in T975.items():
+        assert t_quantile(0.975, df) == pytest.approx(q, abs=1e-4)
+    assert t_quantile(0.5, 7) == pytest.approx(0.0, abs=1e-9)
+    assert t_quantile(0.025, 4) == pytest.approx(-T975[4], abs=1e-4)
+    assert t_cdf(0.0, 3) == pytest.approx(0.5)
+    assert t_cdf(1.0, 1) == pytest.approx(0.75)  # Cauchy: 1/2 + atan(1)/π
+
+
+def test_t_quantile_matches_scipy() -> None:
+    stats = pytest.importorskip("scipy.stats")  # installed with scikit-learn; not a dependency of ls-bench
+    for df in (*range(1, 31), 47, 100, 333):
+        for p in (0.9, 0.95, 0.975, 0.995):
+            assert t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-8)
+
+
+def test_summary_csv_matches_final_json(sweep: Path, summary: list[dict[str, str]]) -> None:
+    runs = finals(sweep)
+    assert sorted(runs) == [(0.0, 0), (0.0, 1), (0.1, 0), (0.1, 1)]
+    assert [float(r[EPS]) for r in summary] == [0.0, 0.1]
+    for row in summary:
+        eps = float(row[EPS])
+        assert row["n"] == "2" and row["seeds"] == "0 1" and row["failed"] == row["missing"] == "0"
+        for m in METRICS:
+            x = np.array([runs[(eps, s)][m] for s in (0, 1)])
+            assert float(row[f"{m} mean"]) == pytest.approx(x.mean(), rel=1e-12)
+            assert float(row[f"{m} std"]) == pytest.approx(x.std(ddof=1), rel=1e-9, abs=1e-15)
+            assert float(row[f"{m} ci95"]) == pytest.approx(ci95(x), rel=1e-4, abs=1e-15)
+            if eps == 0:
+                assert row[f"{m} diff"] == ""  # no difference of the baseline to itself
+                continue
+            d = np.array([runs[(eps, s)][m] - runs[(0.0, s)][m] for s in (0, 1)])  # paired on the seed
+            assert float(row[f"{m} diff"]) == pytest.approx(d.mean(), rel=1e-9, abs=1e-15)
+            assert float(row[f"{m} diff ci95"]) == pytest.approx(ci95(d), rel=1e-4, abs=1e-15)
+            assert row[f"{m} diff n"] == "2"
+
+
+def test_markdown_and_plots_are_written(sweep: Path, summary: list[dict[str, str]]) -> None:
+    import matplotlib.image
+
+    md = (sweep / "summary.md").read_text()
+    assert "| loss.epsilon | n | test/acc | test/nll | test/ece |" in md
+    assert "Δtest_ts/ece" in md and "temperature" in md
+    for name in ("metrics_vs_epsilon.png", "reliability_test.png"):
+        img = matplotlib.image.imread(sweep / name)
+        assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 400, name
+        assert f"]({name})" in md
+
+
+def test_pooled_reliability_bins_agree_with_compute_metrics(sweep: Path) -> None:
+    """The diagram's ECE over the pooled seeds equals metrics.compute_metrics on the same logits."""
+    jobs = [j for j in sweep.iterdir() if j.is_dir() and "loss.epsilon=0.1," in j.name]
+    runs = [Run(j, {"metrics.n_bins": 15}, "done") for j in jobs]
+    bins, ece, n = pooled_bins(runs)
+    assert n == 2 and sum(bins["count"]) == 2 * 360
+    data = [np.load(j / "predictions.npz") for j in jobs]
+    logits = torch.from_numpy(np.concatenate([f["test_logits"] for f in data]))
+    labels = torch.from_numpy(np.concatenate([f["test_labels"] for f in data]))
+    assert ece == pytest.approx(compute_metrics(logits, labels, 15)["ece"], abs=1e-9)
+
+
+def test_partial_sweep_names_missing_failed_and_unstarted_runs(sweep: Path, tmp_path: Path) -> None:
+    part = tmp_path / "partial"
+    shutil.copytree(sweep, part, ignore=shutil.ignore_patterns("tb", "*.png", "summary.*", "last.pt"))
+    jobs = {(j.name.split("loss.epsilon=")[1].split(",")[0], j.name.split("seed=")[1].split(",")[0]): j
+            for j in part.iterdir() if j.is_dir()}
+    (jobs[("0.1", "1")] / "final.json").unlink()  # killed after its last epoch was logged
+    (jobs[("0.1", "0")] / "final.json").unlink()
+    (jobs[("0.1", "0")] / "failed.json").write_text(json.dumps({"reason": "non-finite training loss", "epoch": 1}))
+    shutil.rmtree(jobs[("0", "1")])  # never started
+
+    r = subprocess.run([sys.executable, "-m", "ls_bench.report", str(part), "--no-plots"], capture_output=True,
+                       text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert f"failed: {jobs[('0.1', '0')].name}: non-finite training loss (1 epochs finished)" in lines
+    assert any(line.startswith(f"missing: {jobs[('0.1', '1')].name}: ") and "2/2 epochs logged" in line
+               for line in lines)
+    assert "not started: 1 of the 4 jobs in multirun.yaml have no directory yet" in lines
+    assert "1 of 3 runs finished" in lines[0]
+    with open(part / "summary.csv") as f:
+        rows = {row[EPS]: row for row in csv.DictReader(f)}
+    assert (rows["0.0"]["n"], rows["0.1"]["n"], rows["0.1"]["failed"], rows["0.1"]["missing"]) == ("1", "0", "1", "1")
+    assert rows["0.1"]["test/acc mean"] == "" and rows["0.1"]["test/acc diff n"] == "0"
+    assert "## Unfinished runs" in (part / "summary.md").read_text()
+
+
+def test_report_of_an_empty_directory_is_one_line(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "ls_bench.report", str(tmp_path)], capture_output=True, text=True,
+                       cwd=REPO, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"ls-bench-report: error: no run directories (with .hydra/config.yaml) "
+                                             f"below {tmp_path}"]
+
+
+def _run(eps: float, seed: int, model: str = "small_cnn", acc: float | None = None, **extra: object) -> Run:
+    config = {"model.name": model, "loss.epsilon": eps, "seed": seed, "seeds.init": None,
+              "trainer.progress": True, "trainer.device": "auto", **extra}
+    return Run(Path(f"/x/{model}-{eps}-{seed}"), config, "done" if acc is not None else "missing",
+               {"test/acc": acc} if acc is not None else {})
+
+
+def test_grouping_ignores_seeds_and_where_keys_and_pairs_on_the_seed() -> None:
+    runs = [_run(0, 0, acc=0.90, **{"trainer.progress": False}), _run(0, 1, acc=0.80, **{"trainer.device": "cpu"}),
+            _run(0.1, 0, acc=0.95), _run(0.1, 1, acc=0.81), _run(0.1, 2, acc=0.99),  # seed 2 has no baseline
+            _run(0.1, 0, model="resnet20", acc=0.5), _run(0, 0, model="resnet20")]  # baseline not finished
+    assert varying_keys(runs) == ["model.name", EPS]
+    groups, keys = build_groups(runs, ["test/acc"])
+    assert [tuple(g.labels.values()) for g in groups] == [("resnet20", 0), ("resnet20", 0.1), ("small_cnn", 0),
+                                                          ("small_cnn", 0.1)]
+    s = groups[3].stats["test/acc"]
+    assert (s.n, s.mean) == (3, pytest.approx((0.95 + 0.81 + 0.99) / 3))
+    d = groups[3].diffs["test/acc"]
+    assert (d.n, d.mean) == (2, pytest.approx(((0.95 - 0.90) + (0.81 - 0.80)) / 2))
+    assert groups[2].stats["test/acc"].std == pytest.approx(np.std([0.9, 0.8], ddof=1))
+    assert groups[1].diffs["test/acc"].n == 0 and groups[0].stats["test/acc"].n == 0
+
+
+def test_expected_jobs_counts_comma_lists_outside_brackets_and_quotes(tmp_path: Path) -> None:
+    task = ["loss.epsilon=0,0.1,0.2", "data.classes=[0,1],[2,3]", "model=resnet20", "+tag='a,b',c"]
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {"task": task}}}))
+    assert expected_jobs(tmp_path) == 3 * 2 * 1 * 2
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {"task": ["seed=range(5)"]}}}))
+    assert expected_jobs(tmp_path) is None
