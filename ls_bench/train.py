@@ -334,6 +334,7 @@ def fit(cfg: Config, run_dir: Path) -> dict[str, Any]:
     cleanup = contextlib.ExitStack()  # undone in `finally`, whatever happens
     cleanup.callback(logger.close)
     cleanup.enter_context(stop_on_signals())
+    last_logits: dict[str, Tensor] = {}  # val/test logits of the latest evaluation, reused by finish()
     epochs_bar = tqdm(range(start_epoch, cfg.trainer.epochs), desc="epochs", disable=not cfg.trainer.progress,
                       initial=start_epoch, total=cfg.trainer.epochs)
     try:
@@ -355,7 +356,7 @@ def fit(cfg: Config, run_dir: Path) -> dict[str, Any]:
                 for s in ("val", "test"):
                     split = getattr(ds, s)
                     if len(split):
-                        z = predict(model, split, cfg.trainer.eval_batch_size, norm, amp)
+                        z = last_logits[s] = predict(model, split, cfg.trainer.eval_batch_size, norm, amp)
                         m.update({f"{s}/{k}": v for k, v in
                                   compute_metrics(z, split.y.cpu(), cfg.metrics.n_bins, top_k).items()})
                 m["perf/eval_s"] = time.perf_counter() - t_eval
@@ -371,7 +372,7 @@ def fit(cfg: Config, run_dir: Path) -> dict[str, Any]:
                 except OSError as e:  # disk full, quota, read-only: the previous last.pt is untouched
                     raise RunFailed(f"epoch {epoch + 1}: cannot write {ckpt_path} ({e}); "
                                     f"the checkpoint of epoch {epoch} is kept") from None
-        final = finish(cfg, model, ds, norm, amp, top_k, history, logger, run_dir)
+        final = finish(cfg, model, ds, norm, amp, top_k, history, logger, run_dir, last_logits)
         final["time_s"] = time.perf_counter() - t0
         write_json(final_path, final)
         return final
@@ -385,11 +386,17 @@ def fit(cfg: Config, run_dir: Path) -> dict[str, Any]:
 
 
 def finish(cfg: Config, model: nn.Module, ds: Dataset, norm: Normalize, amp: contextlib.AbstractContextManager,
-           top_k: int | None, history: list[dict[str, Any]], logger: RunLogger, run_dir: Path) -> dict[str, Any]:
-    """Final metrics: the last epoch's, temperature scaling on val, predictions saved for later."""
+           top_k: int | None, history: list[dict[str, Any]], logger: RunLogger, run_dir: Path,
+           last_logits: dict[str, Tensor] | None = None) -> dict[str, Any]:
+    """Final metrics: the last epoch's, temperature scaling on val, predictions saved for later.
+
+    `last_logits` are the final epoch's val/test logits when this process computed them (not
+    after a resume past the last epoch); reusing them saves a second pass over val and test."""
     eb = cfg.trainer.eval_batch_size
     final: dict[str, Any] = {k: v for k, v in history[-1].items() if not k.startswith("perf/")}
-    logits = {s: predict(model, getattr(ds, s), eb, norm, amp) for s in ("val", "test")}
+    last_logits = last_logits or {}
+    logits = {s: last_logits[s] if s in last_logits else predict(model, getattr(ds, s), eb, norm, amp)
+              for s in ("val", "test")}
     labels = {s: getattr(ds, s).y.cpu() for s in ("val", "test")}
     if cfg.metrics.temperature_scaling:
         t = fit_temperature(logits["val"], labels["val"])
