@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import math
 import os
@@ -262,8 +263,6 @@ def fit(cfg: Config, run_dir: Path) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     final_path, ckpt_path = run_dir / "final.json", run_dir / "last.pt"
     if final_path.exists():
-        import json
-
         log.info("%s exists: run already finished, skipping", final_path)
         return json.loads(final_path.read_text())
     (run_dir / "failed.json").unlink(missing_ok=True)
