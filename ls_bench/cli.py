@@ -71,7 +71,10 @@ def _run(cfg: DictConfig) -> float | None:
     except (ConfigError, CheckpointError) as e:
         _fail(f"ls-bench: error: {e}", hc.mode, run_dir)
     except Interrupted as e:
-        _fail(f"ls-bench: interrupted ({run_dir}): {e}; rerun the same command to resume", hc.mode)
+        # Not a failure of this run, and the end of the sweep: SystemExit is not an Exception, so
+        # Hydra's launcher does not record it and go on to the next job; the process exits.
+        print(f"ls-bench: interrupted ({run_dir}): {e}; rerun the same command to resume", file=sys.stderr)
+        raise SystemExit(128 + e.signum) from None
     except RunFailed as e:
         _fail(f"ls-bench: run failed ({run_dir}): {e}; see failed.json", hc.mode)
     finally:

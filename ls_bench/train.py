@@ -7,6 +7,7 @@ final.json is there, logs every epoch, and writes final.json (or failed.json) at
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
 import logging
@@ -48,10 +49,16 @@ class CheckpointError(RuntimeError):
 class Interrupted(RuntimeError):
     """SIGTERM/SIGINT arrived (e.g. SLURM pre-emption); last.pt holds the last finished epoch."""
 
+    def __init__(self, signum: int, when: str):
+        super().__init__(f"{signal.Signals(signum).name} received {when}")
+        self.signum = signum
+
 
 class _StopFlag:
     """Set by the signal handler, read once per step: the step in flight finishes, then the
-    epoch is abandoned and the run resumes from the last finished epoch next time."""
+    epoch is abandoned and the run resumes from the last finished epoch next time. Never cleared:
+    a signal that lands after a run's last step (its evaluation, its final.json) stops the next
+    run of the sweep before it starts, instead of being forgotten."""
 
     signum: int | None = None
 
@@ -66,7 +73,6 @@ def stop_on_signals() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    _StopFlag.signum = None
     previous = {s: signal.signal(s, _StopFlag.handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
@@ -125,6 +131,25 @@ def set_threads(n: int) -> int:
     return n
 
 
+def tune_allocator() -> bool:
+    """Keep freed activation memory in glibc's heap instead of returning it to the kernel.
+
+    By default glibc serves blocks over 128 KiB (raised dynamically up to 32 MiB) with fresh
+    mmap()s and trims the heap top back to the kernel, so every training step touches megabytes
+    of new pages: ~5,000 page faults and ~20 MiB of kernel page-zeroing per ResNet-20 step at
+    batch 128. A fixed 32 MiB mmap threshold, a 1 GiB trim threshold and a 64 MiB top pad reuse
+    those pages (~300 faults per step) and make a CPU step ~10% faster, in bf16 and fp32 alike
+    (scripts/bench.py). The same settings as MALLOC_MMAP_THRESHOLD_ etc., but set in-process.
+    Returns False where the C library is not glibc (macOS, musl), where nothing is changed.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # <malloc.h>
+    libc = ctypes.CDLL(None)
+    return all(libc.mallopt(param, value) == 1 for param, value in (
+        (m_mmap_threshold, 32 << 20), (m_trim_threshold, 1 << 30), (m_top_pad, 64 << 20)))
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
@@ -172,7 +197,7 @@ def train_one_epoch(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor, Te
     bar = tqdm(batches, total=steps, desc=desc, leave=False, disable=not progress)
     for step, (x, y, idx) in enumerate(bar):
         if _StopFlag.signum is not None:
-            raise Interrupted(f"{signal.Signals(_StopFlag.signum).name} received at step {step} of the epoch")
+            raise Interrupted(_StopFlag.signum, f"at step {step} of the epoch")
         order.append(idx)
         with amp:
             logits = model(x)
@@ -265,9 +290,12 @@ def fit(cfg: Config, run_dir: Path) -> dict[str, Any]:
     if final_path.exists():
         log.info("%s exists: run already finished, skipping", final_path)
         return json.loads(final_path.read_text())
+    if _StopFlag.signum is not None:
+        raise Interrupted(_StopFlag.signum, "before this run started")
     (run_dir / "failed.json").unlink(missing_ok=True)
     t0 = time.perf_counter()
     threads = set_threads(cfg.trainer.num_threads)
+    allocator_tuned = tune_allocator()
     device = resolve_device(cfg.trainer.device)
     amp_dtype = resolve_precision(cfg.trainer.precision, device)
     ds, criterion, seeds = setup(cfg)
@@ -316,6 +344,7 @@ def fit(cfg: Config, run_dir: Path) -> dict[str, Any]:
         "version": __version__, "git_commit": git_commit(), "torch": torch.__version__,
         "python": platform.python_version(), "device": str(device),
         "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32", "threads": threads,
+        "allocator_tuned": allocator_tuned,
         "seeds": seeds, "init_sha": init_sha, "classes": ds.classes, "sizes": {k: len(getattr(ds, k)) for k in ("train", "val", "test")},
         "determinism": {"cudnn_benchmark": device.type == "cuda", "deterministic_algorithms": False,
                         "note": "bit-identical reruns on the CPU with the same threads; CUDA is close, not exact"},
