@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""ls-bench's training path against the loop a user writes by hand, side by side, one process.
+"""ls-bench's training path against the loop a user writes by hand, side by side, in one run.
 
     python scripts/bench.py --quick     # ~2-5 min on 2 CPU cores: 2,048 train images, 3 epochs
     python scripts/bench.py             # ~6-12 min: 10,000 train images, 4 epochs, plus ls-bench in fp32
@@ -20,8 +20,10 @@ Then it runs a real `ls-bench data=imagefolder ... model=resnet20` command in a 
 short epoch: --run-steps training steps, then the real evaluation, logging, checkpoint and final
 metrics) and prints start-up time to the first training step by phase, the time spent in metric
 computation and logging per epoch as a share of a full CIFAR-10 epoch, and the run's peak RSS.
-Epochs of the paths are interleaved, so a change in the machine's load hits both; throughput is of
-the epochs after the first (which warms up workers, the allocator, oneDNN kernels).
+Each path trains in a process of its own, as it would for real (ls-bench tunes its process's
+allocator, a hand-written loop does not), and the processes run in lockstep: one epoch of the
+reference, then one of ls-bench, never two at once, so a change in the machine's load hits both.
+Throughput is of the epochs after the first (which warms up workers, the allocator, oneDNN kernels).
 """
 
 from __future__ import annotations
@@ -212,7 +214,7 @@ class LsBench:
 
         device = torch.device("cpu")
         dtype = resolve_precision(precision, device)
-        self.precision = PREC_NAMES.get(dtype, "fp32")
+        self.precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
         self.criterion = make_criterion(LossConfig(epsilon=0.1), 10, torch.bincount(train.y, minlength=10))
         torch.manual_seed(0)
         self.model = build_model(name, 3, 10, 32).to(memory_format=torch.channels_last)
@@ -243,16 +245,62 @@ class LsBench:
         return float((logits.argmax(1) == self.test.y).float().mean())
 
 
-def train_side_by_side(paths: dict, epochs: int) -> dict[str, dict]:
-    """Epochs interleaved (reference, ls-bench, ...): a change in the machine's load hits all paths."""
-    out = {k: {"epoch_s": [], "images": p.images, "precision": p.precision} for k, p in paths.items()}
-    for _ in range(epochs):
-        for k, p in paths.items():
+def path_worker(kind: str, name: str, args, conn) -> None:
+    """One training path in a process of its own, driven over `conn` by train_side_by_side.
+
+    A process per path, because a process is what each path really runs in: ls-bench tunes glibc's
+    allocator for its whole process at start-up (train.tune_allocator), which the hand-written loop
+    does not. In one shared process the reference would get ls-bench's allocator too, and the
+    comparison would no longer be with the loop a user writes.
+    """
+    from ls_bench.train import set_threads, tune_allocator
+
+    set_threads(0)
+    if kind != "reference":
+        tune_allocator()  # as `ls-bench` does before it loads the data
+    train, test, ref_train, ref_test, mean, std, _ = load_data(args)
+    if kind == "reference":
+        path = Reference(name, ref_train, ref_test, args)
+    else:
+        path = LsBench(name, train, test, mean, std, args, precision="fp32" if kind.endswith("fp32") else "auto")
+    conn.send({"images": path.images, "precision": path.precision})
+    while (cmd := conn.recv()) != "stop":
+        if cmd == "epoch":
             t = time.perf_counter()
-            out[k]["loss"] = p.epoch()
-            out[k]["epoch_s"].append(time.perf_counter() - t)
-    for k, p in paths.items():
-        out[k]["acc"] = p.accuracy()
+            loss = path.epoch()
+            conn.send((time.perf_counter() - t, loss))
+        else:
+            conn.send(path.accuracy())
+
+
+def train_side_by_side(kinds: list[str], name: str, args) -> dict[str, dict]:
+    """Each path in its own process (path_worker), run in lockstep: one epoch of the reference,
+    one of ls-bench, ..., never two at once, so a change in the machine's load hits all paths."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # a fresh interpreter: nothing inherited from this process's heap
+    workers = {}
+    for kind in kinds:
+        here, there = ctx.Pipe()
+        proc = ctx.Process(target=path_worker, args=(kind, name, args, there), daemon=False)
+        proc.start()
+        workers[kind] = (proc, here)
+    try:
+        out = {k: {"epoch_s": [], **conn.recv()} for k, (_, conn) in workers.items()}
+        for _ in range(args.epochs):
+            for k, (_, conn) in workers.items():
+                conn.send("epoch")
+                seconds, out[k]["loss"] = conn.recv()
+                out[k]["epoch_s"].append(seconds)
+        for k, (_, conn) in workers.items():
+            conn.send("accuracy")
+            out[k]["acc"] = conn.recv()
+            conn.send("stop")
+    finally:
+        for proc, _ in workers.values():
+            proc.join(timeout=60)
+            if proc.is_alive():
+                proc.kill()
     return out
 
 
@@ -439,12 +487,7 @@ def main() -> None:
     rows = []
     for name in args.models.split(","):
         flops = train_flops_per_image(name)
-        paths = {"reference": Reference(name, ref_train, ref_test, args),
-                 "ls-bench": LsBench(name, train, test, mean, std, args)}
-        if args.fp32:
-            paths["ls-bench fp32"] = LsBench(name, train, test, mean, std, args, precision="fp32")
-        runs = train_side_by_side(paths, args.epochs)
-        del paths  # the reference's worker processes exit here
+        runs = train_side_by_side(["reference", "ls-bench", *(["ls-bench fp32"] if args.fp32 else [])], name, args)
         base = img_per_s(runs["reference"])
         for path, r in runs.items():
             ips = img_per_s(r)
@@ -467,7 +510,8 @@ def main() -> None:
               f"({args.run_steps} training steps, then the real eval/logging/checkpoint/final)")
         for tag in "abcdefgh"[:args.runs]:
             report_run(real_run(args, tag), tag)
-    print(f"\nbench process peak RSS {peak_rss_mib():.0f} MiB (both paths, all models)")
+    print(f"\ncoordinating process peak RSS {peak_rss_mib():.0f} MiB (the paths train in processes of their own; "
+          f"a real run's peak RSS is above)")
 
 
 def peak_rss_mib() -> float:
