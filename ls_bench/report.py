@@ -353,11 +353,12 @@ def _other_label(labels: dict[str, Any]) -> str:
     return ", ".join(f"{k}={_label(v)}" for k, v in labels.items() if k != EPS)
 
 
-def plot_metrics(groups: Sequence[Group], metrics: Sequence[str], path: Path) -> None:
-    """Each metric against ε, one line per setting of the other varying keys; bars: 95% CI."""
+def plot_metrics(groups: Sequence[Group], metrics: Sequence[str], path: Path, all_of_them: bool = False) -> None:
+    """Each metric against ε, one line per setting of the other varying keys; bars: 95% CI.
+    Plots PLOT_METRICS out of `metrics`, or every one of them with `all_of_them`."""
     from matplotlib.figure import Figure
 
-    metrics = [m for m in PLOT_METRICS if m in metrics] or list(metrics)
+    metrics = list(metrics) if all_of_them else [m for m in PLOT_METRICS if m in metrics] or list(metrics)
     fig = Figure(figsize=(4 * len(metrics), 3.4), layout="constrained")
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     lines: dict[str, list[Group]] = {}
@@ -450,12 +451,28 @@ def plot_reliability(groups: Sequence[Group], path: Path) -> bool:
 # --- command ------------------------------------------------------------------------------------
 
 
-def report(sweep_dir: Path, plots: bool = True, out: Any = sys.stdout) -> list[Group]:
-    """Read, aggregate, print, and write summary.csv, summary.md and the plots into sweep_dir."""
+def choose_metrics(runs: Sequence[Run], wanted: Sequence[str] | None) -> list[str]:
+    """The default table (METRICS present in the runs), or exactly `wanted`, each of which must be
+    a number in some finished run's final.json."""
+    if not wanted:
+        return present_metrics(runs)
+    numeric = sorted({k for r in runs if r.status == "done" for k in r.final if r.value(k) is not None})
+    for m in wanted:
+        if m not in numeric:
+            raise ValueError(f"--metrics: {m!r} is not a number in any finished run's final.json; "
+                             f"available: {', '.join(numeric) or 'none (no run has finished)'}")
+    return list(dict.fromkeys(wanted))
+
+
+def report(sweep_dir: Path, plots: bool = True, out: Any = sys.stdout,
+           metrics: Sequence[str] | None = None) -> list[Group]:
+    """Read, aggregate, print, and write summary.csv, summary.md and the plots into sweep_dir.
+    `metrics`: the final.json keys of the tables and plots (default: METRICS, as present)."""
     runs = find_runs(sweep_dir)
     if not runs:
         raise FileNotFoundError(f"no run directories (with .hydra/config.yaml) below {sweep_dir}")
-    metrics = present_metrics(runs)
+    chosen = bool(metrics)
+    metrics = choose_metrics(runs, metrics)
     groups, keys = build_groups(runs, metrics)
     head, rows, dhead, drows = tables(groups, keys, metrics, with_ci=False)
     done = sum(r.status == "done" for r in runs)
@@ -481,7 +498,7 @@ def report(sweep_dir: Path, plots: bool = True, out: Any = sys.stdout) -> list[G
         md += ["", "## Unfinished runs", "", *(f"- {line}" for line in notes)]
     written = ["summary.csv", "summary.md"]
     if plots and done:
-        plot_metrics(groups, metrics, sweep_dir / "metrics_vs_epsilon.png")
+        plot_metrics(groups, metrics, sweep_dir / "metrics_vs_epsilon.png", all_of_them=chosen)
         written.append("metrics_vs_epsilon.png")
         if plot_reliability(groups, sweep_dir / "reliability_test.png"):
             written.append("reliability_test.png")
@@ -497,12 +514,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="ls-bench-report", description=__doc__.split("\n")[0])
     parser.add_argument("sweep_dir", type=Path, help="a sweep directory (hydra.sweep.dir) or any folder of runs")
     parser.add_argument("--no-plots", action="store_true", help="tables only (no PNG files)")
+    parser.add_argument("--metrics", type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
+                        help="comma-separated final.json keys for the tables and the metrics plot, e.g. "
+                             "test/acc,test/ece,test/conf,train/loss (default: " + ",".join(METRICS) + ")")
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         parser.exit(2, f"ls-bench-report: error: {args.sweep_dir} is not a directory\n")
     try:
-        report(args.sweep_dir, plots=not args.no_plots)
-    except FileNotFoundError as e:
+        report(args.sweep_dir, plots=not args.no_plots, metrics=args.metrics)
+    except (FileNotFoundError, ValueError) as e:
         parser.exit(2, f"ls-bench-report: error: {e}\n")
 
 

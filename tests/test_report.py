@@ -181,3 +181,23 @@ def test_expected_jobs_counts_comma_lists_outside_brackets_and_quotes(tmp_path: 
     assert expected_jobs(tmp_path) == 3 * 2 * 1 * 2
     (tmp_path / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {"task": ["seed=range(5)"]}}}))
     assert expected_jobs(tmp_path) is None
+
+
+def test_metrics_option_chooses_the_columns_and_rejects_unknown_keys(sweep: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy)
+    cmd = [sys.executable, "-m", "ls_bench.report", str(copy)]
+    r = subprocess.run([*cmd, "--metrics", "train/loss,test/conf"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    with open(copy / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert not any(k.startswith(("test/acc", "test/ece")) for k in rows[0])
+    runs = finals(sweep)
+    for row in rows:
+        eps = float(row[EPS])
+        for m in ("train/loss", "test/conf"):
+            assert float(row[f"{m} mean"]) == pytest.approx(np.mean([runs[(eps, s)][m] for s in (0, 1)]), rel=1e-12)
+    assert "| loss.epsilon | n | train/loss | test/conf |" in (copy / "summary.md").read_text()
+    bad = subprocess.run([*cmd, "--metrics", "test/acc,test/accuracy"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.count("\n") == 1 and "'test/accuracy'" in bad.stderr and "test/nll" in bad.stderr
