@@ -465,9 +465,10 @@ def choose_metrics(runs: Sequence[Run], wanted: Sequence[str] | None) -> list[st
 
 
 def report(sweep_dir: Path, plots: bool = True, out: Any = sys.stdout,
-           metrics: Sequence[str] | None = None) -> list[Group]:
-    """Read, aggregate, print, and write summary.csv, summary.md and the plots into sweep_dir.
-    `metrics`: the final.json keys of the tables and plots (default: METRICS, as present)."""
+           metrics: Sequence[str] | None = None, out_dir: Path | None = None) -> list[Group]:
+    """Read, aggregate, print, and write summary.csv, summary.md and the plots into out_dir
+    (default: sweep_dir). `metrics`: the final.json keys of the tables and plots (default:
+    METRICS, as present)."""
     runs = find_runs(sweep_dir)
     if not runs:
         raise FileNotFoundError(f"no run directories (with .hydra/config.yaml) below {sweep_dir}")
@@ -486,7 +487,9 @@ def report(sweep_dir: Path, plots: bool = True, out: Any = sys.stdout,
     for line in notes:
         print(line, file=out)
 
-    write_csv(sweep_dir / "summary.csv", csv_rows(groups, keys, metrics))
+    out_dir = out_dir or sweep_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_csv(out_dir / "summary.csv", csv_rows(groups, keys, metrics))
     head, rows, dhead, drows = tables(groups, keys, metrics, with_ci=True)
     md = [f"# Sweep summary: {sweep_dir.name}", "",
           f"{done} of {len(runs)} runs finished. Cells: mean ± std over seeds [{LEVEL:.0%} CI, Student t].", "",
@@ -498,15 +501,15 @@ def report(sweep_dir: Path, plots: bool = True, out: Any = sys.stdout,
         md += ["", "## Unfinished runs", "", *(f"- {line}" for line in notes)]
     written = ["summary.csv", "summary.md"]
     if plots and done:
-        plot_metrics(groups, metrics, sweep_dir / "metrics_vs_epsilon.png", all_of_them=chosen)
+        plot_metrics(groups, metrics, out_dir / "metrics_vs_epsilon.png", all_of_them=chosen)
         written.append("metrics_vs_epsilon.png")
-        if plot_reliability(groups, sweep_dir / "reliability_test.png"):
+        if plot_reliability(groups, out_dir / "reliability_test.png"):
             written.append("reliability_test.png")
         md += ["", *(f"![{n}]({n})" for n in written[2:])]
     from ls_bench.logs import atomic_write_text
 
-    atomic_write_text(sweep_dir / "summary.md", "\n".join(md) + "\n")
-    print(f"wrote {', '.join(written)} in {sweep_dir}", file=out)
+    atomic_write_text(out_dir / "summary.md", "\n".join(md) + "\n")
+    print(f"wrote {', '.join(written)} in {out_dir}", file=out)
     return groups
 
 
@@ -517,13 +520,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--metrics", type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
                         help="comma-separated final.json keys for the tables and the metrics plot, e.g. "
                              "test/acc,test/ece,test/conf,train/loss (default: " + ",".join(METRICS) + ")")
+    parser.add_argument("--out", type=Path, help="write summary.csv, summary.md and the plots here instead of "
+                                                 "into SWEEP_DIR (created if needed)")
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         parser.exit(2, f"ls-bench-report: error: {args.sweep_dir} is not a directory\n")
     try:
-        report(args.sweep_dir, plots=not args.no_plots, metrics=args.metrics)
+        report(args.sweep_dir, plots=not args.no_plots, metrics=args.metrics, out_dir=args.out)
     except (FileNotFoundError, ValueError) as e:
         parser.exit(2, f"ls-bench-report: error: {e}\n")
+    except OSError as e:  # e.g. --out in a read-only place
+        parser.exit(2, f"ls-bench-report: error: cannot write the report: {e}\n")
 
 
 if __name__ == "__main__":

@@ -184,11 +184,14 @@ def test_expected_jobs_counts_comma_lists_outside_brackets_and_quotes(tmp_path: 
 
 
 def test_metrics_option_chooses_the_columns_and_rejects_unknown_keys(sweep: Path, tmp_path: Path) -> None:
-    copy = tmp_path / "sweep"
-    shutil.copytree(sweep, copy)
-    cmd = [sys.executable, "-m", "ls_bench.report", str(copy)]
+    """--metrics picks the columns; --out writes the files elsewhere, leaving the sweep untouched."""
+    copy = tmp_path / "out"
+    before = {p: p.stat().st_mtime_ns for p in sweep.glob("summary*")}
+    cmd = [sys.executable, "-m", "ls_bench.report", str(sweep), "--out", str(copy)]
     r = subprocess.run([*cmd, "--metrics", "train/loss,test/conf"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+    assert {p: p.stat().st_mtime_ns for p in sweep.glob("summary*")} == before
+    assert (copy / "metrics_vs_epsilon.png").exists() and (copy / "reliability_test.png").exists()
     with open(copy / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert not any(k.startswith(("test/acc", "test/ece")) for k in rows[0])
