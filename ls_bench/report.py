@@ -475,18 +475,10 @@ def report(sweep_dir: Path, plots: bool = True, out: Any = sys.stdout,
     chosen = bool(metrics)
     metrics = choose_metrics(runs, metrics)
     groups, keys = build_groups(runs, metrics)
-    head, rows, dhead, drows = tables(groups, keys, metrics, with_ci=False)
     done = sum(r.status == "done" for r in runs)
     notes = problems(runs, sweep_dir)
-    print(f"{sweep_dir}: {done} of {len(runs)} runs finished, {len(groups)} settings; mean ± std over seeds",
-          file=out)
-    print(text_table(head, rows), file=out)
-    if drows:
-        print(f"\npaired difference to ε = 0 on the same seed: mean ± {LEVEL:.0%} CI half-width", file=out)
-        print(text_table(dhead, drows), file=out)
-    for line in notes:
-        print(line, file=out)
 
+    # The files first, the terminal last: a closed stdout (`| head`) must not cost the report.
     out_dir = out_dir or sweep_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv(out_dir / "summary.csv", csv_rows(groups, keys, metrics))
@@ -509,6 +501,16 @@ def report(sweep_dir: Path, plots: bool = True, out: Any = sys.stdout,
     from ls_bench.logs import atomic_write_text
 
     atomic_write_text(out_dir / "summary.md", "\n".join(md) + "\n")
+
+    head, rows, dhead, drows = tables(groups, keys, metrics, with_ci=False)
+    print(f"{sweep_dir}: {done} of {len(runs)} runs finished, {len(groups)} settings; mean ± std over seeds",
+          file=out)
+    print(text_table(head, rows), file=out)
+    if drows:
+        print(f"\npaired difference to ε = 0 on the same seed: mean ± {LEVEL:.0%} CI half-width", file=out)
+        print(text_table(dhead, drows), file=out)
+    for line in notes:
+        print(line, file=out)
     print(f"wrote {', '.join(written)} in {out_dir}", file=out)
     return groups
 

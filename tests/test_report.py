@@ -204,3 +204,13 @@ def test_metrics_option_chooses_the_columns_and_rejects_unknown_keys(sweep: Path
     bad = subprocess.run([*cmd, "--metrics", "test/acc,test/accuracy"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.count("\n") == 1 and "'test/accuracy'" in bad.stderr and "test/nll" in bad.stderr
+
+
+def test_a_closed_terminal_does_not_cost_the_report_files(sweep: Path, tmp_path: Path) -> None:
+    """`ls-bench-report SWEEP | head -3`: the pipe closes early; the files are written anyway."""
+    proc = subprocess.Popen([sys.executable, "-m", "ls_bench.report", str(sweep), "--out", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the report prints anything: every write to stdout fails (EPIPE)
+    proc.wait(timeout=120)
+    for name in ("summary.csv", "summary.md", "metrics_vs_epsilon.png", "reliability_test.png"):
+        assert (tmp_path / name).exists(), name
