@@ -30,6 +30,7 @@ import yaml
 # The metrics of the report, in table order; those absent from every final.json are left out.
 METRICS = ("test/acc", "test/nll", "test/ece", "test/adaece", "test/brier", "test_ts/ece", "temperature")
 PLOT_METRICS = ("test/acc", "test/nll", "test/ece", "test_ts/ece")
+CURVES = ("train/loss", "train/acc", "val/acc")  # per-epoch keys of metrics.jsonl for training_curves.png
 EPS = "loss.epsilon"
 # Keys that change where or how visibly a run executes, not what it computes.
 IGNORED = frozenset({"trainer.progress", "trainer.device", "trainer.num_threads", "trainer.checkpoint",
@@ -448,6 +449,53 @@ def plot_reliability(groups: Sequence[Group], path: Path) -> bool:
     return True
 
 
+def mean_curves(runs: Sequence[Run], key: str) -> tuple[list[int], list[float]] | None:
+    """`key` per epoch from each finished run's metrics.jsonl, averaged over the runs at the
+    epochs all of them logged; None when no run has it."""
+    from ls_bench.logs import read_jsonl
+
+    per_run = []
+    for r in runs:
+        rows = read_jsonl(r.dir / "metrics.jsonl") if (r.dir / "metrics.jsonl").exists() else []
+        per_run.append({row["epoch"]: float(row[key]) for row in rows if isinstance(row.get(key), (int, float))})
+    per_run = [c for c in per_run if c]
+    if not per_run:
+        return None
+    epochs = sorted(set.intersection(*(set(c) for c in per_run)))
+    return epochs, [statistics.fmean(c[e] for c in per_run) for e in epochs]
+
+
+def plot_curves(groups: Sequence[Group], path: Path, keys: Sequence[str] = CURVES) -> bool:
+    """Training curves from metrics.jsonl: a row per other setting, a column per key, a line per
+    ε (mean over the finished seeds). Shows whether a schedule trained to a plateau."""
+    from matplotlib.figure import Figure
+
+    rows: dict[str, list[Group]] = {}
+    for g in groups:
+        if g.done:
+            rows.setdefault(_other_label(g.labels), []).append(g)
+    if not rows:
+        return False
+    fig = Figure(figsize=(4.2 * len(keys), 3.0 * len(rows) + 0.6), layout="constrained")
+    axes = fig.subplots(len(rows), len(keys), squeeze=False)
+    for i, (label, gs) in enumerate(rows.items()):
+        for j, key in enumerate(keys):
+            ax = axes[i][j]
+            for g in gs:
+                if (curve := mean_curves(g.done, key)) is not None:
+                    ax.plot(*curve, label=f"ε={float(g.labels[EPS]):g}")
+            if key.endswith("loss"):
+                ax.set_yscale("log")
+            ax.set(xlabel="epoch", title=f"{key}\n{label}" if label else key)
+            ax.grid(alpha=0.3)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    if names:
+        fig.legend(handles, names, loc="outside lower center", ncols=len(names), fontsize="small")
+    fig.suptitle("training curves (metrics.jsonl), mean over seeds", fontsize="medium")
+    fig.savefig(path, dpi=110)
+    return True
+
+
 # --- command ------------------------------------------------------------------------------------
 
 
@@ -497,6 +545,8 @@ def report(sweep_dir: Path, plots: bool = True, out: Any = sys.stdout,
         written.append("metrics_vs_epsilon.png")
         if plot_reliability(groups, out_dir / "reliability_test.png"):
             written.append("reliability_test.png")
+        if plot_curves(groups, out_dir / "training_curves.png"):
+            written.append("training_curves.png")
         md += ["", *(f"![{n}]({n})" for n in written[2:])]
     from ls_bench.logs import atomic_write_text
 

@@ -19,8 +19,8 @@ import yaml
 
 from conftest import REPO, run_cli
 from ls_bench.metrics import compute_metrics
-from ls_bench.report import (EPS, Run, build_groups, expected_jobs, pooled_bins, report, t_cdf, t_quantile,
-                             varying_keys)
+from ls_bench.report import (EPS, Run, build_groups, expected_jobs, find_runs, mean_curves, pooled_bins, report,
+                             t_cdf, t_quantile, varying_keys)
 
 # Two-sided 95% quantiles t(0.975, df) from any statistics textbook table.
 T975 = {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 5: 2.5706, 9: 2.2622, 10: 2.2281, 20: 2.0860, 30: 2.0423}
@@ -100,7 +100,7 @@ def test_markdown_and_plots_are_written(sweep: Path, summary: list[dict[str, str
     md = (sweep / "summary.md").read_text()
     assert "| loss.epsilon | n | test/acc | test/nll | test/ece |" in md
     assert "Δtest_ts/ece" in md and "temperature" in md
-    for name in ("metrics_vs_epsilon.png", "reliability_test.png"):
+    for name in ("metrics_vs_epsilon.png", "reliability_test.png", "training_curves.png"):
         img = matplotlib.image.imread(sweep / name)
         assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 400, name
         assert f"]({name})" in md
@@ -214,3 +214,12 @@ def test_a_closed_terminal_does_not_cost_the_report_files(sweep: Path, tmp_path:
     proc.wait(timeout=120)
     for name in ("summary.csv", "summary.md", "metrics_vs_epsilon.png", "reliability_test.png"):
         assert (tmp_path / name).exists(), name
+
+
+def test_training_curves_average_metrics_jsonl_over_seeds(sweep: Path) -> None:
+    runs = [r for r in find_runs(sweep) if r.config[EPS] == 0.1]
+    epochs, loss = mean_curves(runs, "train/loss")
+    by_seed = [[json.loads(line) for line in (r.dir / "metrics.jsonl").read_text().splitlines()] for r in runs]
+    assert len(runs) == 2 and epochs == [1, 2]
+    assert loss == pytest.approx([np.mean([rows[e - 1]["train/loss"] for rows in by_seed]) for e in epochs], rel=1e-12)
+    assert mean_curves(runs, "no/such_key") is None
