@@ -449,20 +449,20 @@ def plot_reliability(groups: Sequence[Group], path: Path) -> bool:
     return True
 
 
-def mean_curves(runs: Sequence[Run], key: str) -> tuple[list[int], list[float]] | None:
-    """`key` per epoch from each finished run's metrics.jsonl, averaged over the runs at the
-    epochs all of them logged; None when no run has it."""
+def mean_curves(runs: Sequence[Run], keys: Sequence[str]) -> dict[str, tuple[list[int], list[float]]]:
+    """Each key per epoch from the runs' metrics.jsonl (each file read once), averaged over the
+    runs at the epochs all of them logged; keys that no run logged are left out."""
     from ls_bench.logs import read_jsonl
 
-    per_run = []
-    for r in runs:
-        rows = read_jsonl(r.dir / "metrics.jsonl") if (r.dir / "metrics.jsonl").exists() else []
-        per_run.append({row["epoch"]: float(row[key]) for row in rows if isinstance(row.get(key), (int, float))})
-    per_run = [c for c in per_run if c]
-    if not per_run:
-        return None
-    epochs = sorted(set.intersection(*(set(c) for c in per_run)))
-    return epochs, [statistics.fmean(c[e] for c in per_run) for e in epochs]
+    logs = [read_jsonl(r.dir / "metrics.jsonl") if (r.dir / "metrics.jsonl").exists() else [] for r in runs]
+    out = {}
+    for key in keys:
+        per_run = [c for rows in logs
+                   if (c := {row["epoch"]: float(row[key]) for row in rows if isinstance(row.get(key), (int, float))})]
+        if per_run:
+            epochs = sorted(set.intersection(*(set(c) for c in per_run)))
+            out[key] = (epochs, [statistics.fmean(c[e] for c in per_run) for e in epochs])
+    return out
 
 
 def plot_curves(groups: Sequence[Group], path: Path, keys: Sequence[str] = CURVES) -> bool:
@@ -479,11 +479,12 @@ def plot_curves(groups: Sequence[Group], path: Path, keys: Sequence[str] = CURVE
     fig = Figure(figsize=(4.2 * len(keys), 3.0 * len(rows) + 0.6), layout="constrained")
     axes = fig.subplots(len(rows), len(keys), squeeze=False)
     for i, (label, gs) in enumerate(rows.items()):
+        curves = [(g, mean_curves(g.done, keys)) for g in gs]
         for j, key in enumerate(keys):
             ax = axes[i][j]
-            for g in gs:
-                if (curve := mean_curves(g.done, key)) is not None:
-                    ax.plot(*curve, label=f"ε={float(g.labels[EPS]):g}")
+            for g, by_key in curves:
+                if key in by_key:
+                    ax.plot(*by_key[key], label=f"ε={float(g.labels[EPS]):g}")
             if key.endswith("loss"):
                 ax.set_yscale("log")
             ax.set(xlabel="epoch", title=f"{key}\n{label}" if label else key)

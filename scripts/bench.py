@@ -39,10 +39,16 @@ from pathlib import Path
 
 SHARED = "/work/shared/data/cifar10-jpeg"
 MODELS = ("small_cnn", "resnet20")
-PREC_NAMES = {}  # torch dtype -> short name, filled in main() (torch is imported lazily)
 
 
 # --- machine ---------------------------------------------------------------------------------------
+
+
+def prec_name(dtype) -> str:
+    """bf16 / fp16 for an autocast dtype, fp32 for None (no autocast)."""
+    import torch
+
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
 
 
 def matmul_peak_gflops(dtype, n: int = 1024, reps: int = 40) -> float:
@@ -214,7 +220,7 @@ class LsBench:
 
         device = torch.device("cpu")
         dtype = resolve_precision(precision, device)
-        self.precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+        self.precision = prec_name(dtype)
         self.criterion = make_criterion(LossConfig(epsilon=0.1), 10, torch.bincount(train.y, minlength=10))
         torch.manual_seed(0)
         self.model = build_model(name, 3, 10, 32).to(memory_format=torch.channels_last)
@@ -474,11 +480,10 @@ def main() -> None:
     from ls_bench.train import resolve_precision, set_threads
 
     threads = set_threads(0)
-    PREC_NAMES.update({torch.bfloat16: "bf16", torch.float16: "fp16"})
     lowp = resolve_precision("auto", torch.device("cpu"))
     peak = {"fp32": matmul_peak_gflops(torch.float32)}
     if lowp is not None:
-        peak[PREC_NAMES[lowp]] = matmul_peak_gflops(lowp)
+        peak[prec_name(lowp)] = matmul_peak_gflops(lowp)
     train, test, ref_train, ref_test, mean, std, what = load_data(args)
     print(f"torch {torch.__version__}, {threads} threads, CPU bf16 autocast: {lowp is not None}; load average "
           f"{os.getloadavg()[0]:.1f}; matmul peak " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))

@@ -218,8 +218,9 @@ def test_a_closed_terminal_does_not_cost_the_report_files(sweep: Path, tmp_path:
 
 def test_training_curves_average_metrics_jsonl_over_seeds(sweep: Path) -> None:
     runs = [r for r in find_runs(sweep) if r.config[EPS] == 0.1]
-    epochs, loss = mean_curves(runs, "train/loss")
+    curves = mean_curves(runs, ["train/loss", "train/acc", "no/such_key"])
     by_seed = [[json.loads(line) for line in (r.dir / "metrics.jsonl").read_text().splitlines()] for r in runs]
-    assert len(runs) == 2 and epochs == [1, 2]
-    assert loss == pytest.approx([np.mean([rows[e - 1]["train/loss"] for rows in by_seed]) for e in epochs], rel=1e-12)
-    assert mean_curves(runs, "no/such_key") is None
+    assert len(runs) == 2 and sorted(curves) == ["train/acc", "train/loss"]
+    for key, (epochs, values) in curves.items():
+        assert epochs == [1, 2]
+        assert values == pytest.approx([np.mean([rows[e - 1][key] for rows in by_seed]) for e in epochs], rel=1e-12)
