@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import math
+import os
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -582,6 +583,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         report(args.sweep_dir, plots=not args.no_plots, metrics=args.metrics, out_dir=args.out)
     except (FileNotFoundError, ValueError) as e:
         parser.exit(2, f"ls-bench-report: error: {e}\n")
+    except BrokenPipeError:  # `| head` closed stdout; the files were written before printing
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        sys.exit(1)
     except OSError as e:  # e.g. --out in a read-only place
         parser.exit(2, f"ls-bench-report: error: cannot write the report: {e}\n")
 

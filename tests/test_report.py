@@ -212,6 +212,7 @@ def test_a_closed_terminal_does_not_cost_the_report_files(sweep: Path, tmp_path:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()  # before the report prints anything: every write to stdout fails (EPIPE)
     proc.wait(timeout=120)
+    assert proc.stderr.read() == b""  # a closed pipe is not reported as a failure to write the report
     for name in ("summary.csv", "summary.md", "metrics_vs_epsilon.png", "reliability_test.png"):
         assert (tmp_path / name).exists(), name
 
