@@ -95,6 +95,8 @@ class MetricsConfig:
     n_bins: int = 15  # calibration bins (ECE family)
     temperature_scaling: bool = True  # fit T on val at the end; report test_ts/*
     top_k: Optional[int] = None  # extra top-k accuracy; default 5 when K >= 10
+    figures: bool = True  # calibration PNGs + TensorBoard images at the end of each run (~0.3-1.8 s)
+    penultimate_classes: List[int] = field(default_factory=lambda: [0, 1, 2])  # the 3 classes of penultimate.png
 
 
 @dataclass
@@ -188,5 +190,8 @@ def validate(cfg: Config) -> None:
     _check(cfg.metrics.n_bins >= 1, "metrics.n_bins", cfg.metrics.n_bins, "must be >= 1")
     _check(cfg.metrics.top_k is None or cfg.metrics.top_k >= 1, "metrics.top_k", cfg.metrics.top_k,
            "must be >= 1 or null")
+    pc = list(cfg.metrics.penultimate_classes)
+    _check(len(pc) == 3 and len(set(pc)) == 3 and min(pc) >= 0, "metrics.penultimate_classes", pc,
+           "three different labels >= 0, e.g. [0,1,2]")
     if cfg.metrics.temperature_scaling:
         _check(d.val_size > 0, "data.val_size", d.val_size, "must be > 0 when metrics.temperature_scaling=true")

@@ -15,7 +15,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
@@ -30,6 +30,8 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # name the file being written, not its temporary
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
     finally:
         with contextlib.suppress(OSError):  # cleanup must not hide the write error itself
             tmp.unlink(missing_ok=True)
@@ -59,10 +61,11 @@ class RunLogger:
         self.jsonl = run_dir / "metrics.jsonl"
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        for k, v in metrics.items():
-            if isinstance(v, (int, float)):  # strings (fingerprints) go to the JSON only
-                self.writer.add_scalar(k, v, epoch)
-        self.writer.flush()
+        with self._naming_tb():
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)):  # strings (fingerprints) go to the JSON only
+                    self.writer.add_scalar(k, v, epoch)
+            self.writer.flush()
         line = json.dumps({"epoch": epoch, **{k: _finite_or_none(v) for k, v in metrics.items()}})
         with open(self.jsonl, "a") as f:  # one short append per epoch; a torn last line is skipped on read
             f.write(line + "\n")
@@ -70,11 +73,22 @@ class RunLogger:
     def log_hparams(self, hparam_dict: dict[str, Any], metric_dict: dict[str, float]) -> None:
         """HParams into this run's own event file (SummaryWriter.add_hparams would make a sub-run)."""
         hp = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparam_dict.items()}
-        for summary in hparams(hp, metric_dict):
-            self.writer.file_writer.add_summary(summary)
-        for k, v in metric_dict.items():  # the dashboard reads each metric from a scalar of that tag
-            self.writer.add_scalar(k, v)
-        self.writer.flush()
+        with self._naming_tb():
+            for summary in hparams(hp, metric_dict):
+                self.writer.file_writer.add_summary(summary)
+            for k, v in metric_dict.items():  # the dashboard reads each metric from a scalar of that tag
+                self.writer.add_scalar(k, v)
+            self.writer.flush()
+
+    @contextlib.contextmanager
+    def _naming_tb(self) -> Iterator[None]:
+        """TensorBoard's writer thread re-raises a failed write without a file name; add tb/'s."""
+        try:
+            yield
+        except OSError as e:
+            if e.filename:
+                raise
+            raise OSError(e.errno, e.strerror or str(e), str(self.run_dir / "tb")) from e
 
     def log_figure(self, tag: str, figure: Any, step: int = 0) -> None:
         self.writer.add_figure(tag, figure, step, close=False)

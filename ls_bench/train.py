@@ -281,6 +281,10 @@ def setup(cfg: Config) -> tuple[Dataset, Criterion, dict[str, int]]:
     top_k = cfg.metrics.top_k
     if top_k is not None and top_k > ds.num_classes:
         raise bad("metrics.top_k", top_k, f"must be <= the {ds.num_classes} classes of {cfg.data.name}")
+    pc = list(cfg.metrics.penultimate_classes)
+    if cfg.metrics.figures and ds.num_classes >= 3 and max(pc) >= ds.num_classes:
+        raise bad("metrics.penultimate_classes", pc, f"labels must be < the {ds.num_classes} classes of "
+                  f"{cfg.data.name} (after data.classes renumbering)")
     return ds, criterion, seeds
 
 
@@ -336,10 +340,7 @@ def fit(cfg: Config, run_dir: Path) -> dict[str, Any]:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CheckpointError(f"checkpoint {ckpt_path} does not fit this run's config ({type(e).__name__}: "
                                   f"{first}); delete it or use another run directory") from None
-        truncate_jsonl(run_dir / "metrics.jsonl", start_epoch)
         log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
-    else:
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
 
     info = {
         "version": __version__, "git_commit": git_commit(), "torch": torch.__version__,
@@ -352,21 +353,26 @@ def fit(cfg: Config, run_dir: Path) -> dict[str, Any]:
         "label_noise": {"rate_requested": cfg.data.label_noise.rate, "flipped": len(ds.noisy_idx),
                         "rate_realised": len(ds.noisy_idx) / len(ds.train)},
     }
-    write_json(run_dir / "run_info.json", info)
-    if len(ds.noisy_idx):
-        np.save(run_dir / "noisy_indices.npy", ds.noisy_idx.cpu().numpy())
     log.info("%s: %d train / %d val / %d test, %d classes; %s on %s (%s, %d threads); target for class 0: %s",
              cfg.data.name, len(ds.train), len(ds.val), len(ds.test), ds.num_classes, cfg.model.name, device,
              info["precision"], threads, [round(v, 4) for v in criterion.targets(torch.tensor([0]))[0].tolist()])
 
-    logger = RunLogger(run_dir, purge_step=start_epoch + 1)
     cleanup = contextlib.ExitStack()  # undone in `finally`, whatever happens
-    cleanup.callback(logger.close)
-    cleanup.enter_context(stop_on_signals())
-    last_logits: dict[str, Tensor] = {}  # val/test logits of the latest evaluation, reused by finish()
-    epochs_bar = tqdm(range(start_epoch, cfg.trainer.epochs), desc="epochs", disable=not cfg.trainer.progress,
-                      initial=start_epoch, total=cfg.trainer.epochs)
-    try:
+    saved_epoch = start_epoch  # the epoch last.pt holds (0: none)
+    try:  # from here on, a failed write (disk full, quota, permissions) is a one-line RunFailed
+        if start_epoch:
+            truncate_jsonl(run_dir / "metrics.jsonl", start_epoch)  # no epoch is logged twice
+        else:
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        write_json(run_dir / "run_info.json", info)
+        if len(ds.noisy_idx):
+            np.save(run_dir / "noisy_indices.npy", ds.noisy_idx.cpu().numpy())
+        logger = RunLogger(run_dir, purge_step=start_epoch + 1)
+        cleanup.callback(logger.close)
+        cleanup.enter_context(stop_on_signals())
+        last_logits: dict[str, Tensor] = {}  # val/test logits of the latest evaluation, reused by finish()
+        epochs_bar = tqdm(range(start_epoch, cfg.trainer.epochs), desc="epochs", disable=not cfg.trainer.progress,
+                          initial=start_epoch, total=cfg.trainer.epochs)
         for epoch in epochs_bar:
             t_ep = time.perf_counter()
             data_seed = derive_seed(seeds["data"], f"epoch{epoch}")
@@ -401,17 +407,32 @@ def fit(cfg: Config, run_dir: Path) -> dict[str, Any]:
                 except OSError as e:  # disk full, quota, read-only: the previous last.pt is untouched
                     raise RunFailed(f"epoch {epoch + 1}: cannot write {ckpt_path} ({e}); "
                                     f"the checkpoint of epoch {epoch} is kept") from None
+                saved_epoch = epoch + 1
         final = finish(cfg, model, ds, norm, amp, top_k, history, logger, run_dir, last_logits)
         final["time_s"] = time.perf_counter() - t0
         write_json(final_path, final)
         return final
-    except (RunFailed, torch.OutOfMemoryError) as e:
+    except (RunFailed, torch.OutOfMemoryError, OSError) as e:
+        failure = write_failure(e, len(history), saved_epoch) if isinstance(e, OSError) else e
         with contextlib.suppress(OSError):  # on a full disk this fails too; the error itself must surface
-            write_json(run_dir / "failed.json", {"reason": str(e).splitlines()[0], "type": type(e).__name__,
-                                                 "epoch": len(history), "time_s": time.perf_counter() - t0})
-        raise
+            write_json(run_dir / "failed.json", {"reason": str(failure).splitlines()[0],
+                                                 "type": type(failure).__name__, "epoch": len(history),
+                                                 "time_s": time.perf_counter() - t0})
+        if failure is e:
+            raise
+        raise failure from e
     finally:
         cleanup.close()
+
+
+def write_failure(e: OSError, epochs_done: int, saved_epoch: int) -> RunFailed:
+    """A failed write of a run file (metrics.jsonl, TensorBoard events, predictions, final.json:
+    disk full, quota, permissions) as the one line the CLI prints; last.pt is written separately."""
+    what = f"cannot write {e.filename} ({e.strerror})" if e.filename else f"write error ({e})"
+    kept = (f"last.pt keeps epoch {saved_epoch}: rerun the same command to resume" if saved_epoch
+            else "no checkpoint to resume from")
+    when = f"after epoch {epochs_done}" if epochs_done else "before the first epoch"
+    return RunFailed(f"{when}: {what}; {kept}")
 
 
 def finish(cfg: Config, model: nn.Module, ds: Dataset, norm: Normalize, amp: contextlib.AbstractContextManager,
@@ -449,24 +470,34 @@ def finish(cfg: Config, model: nn.Module, ds: Dataset, norm: Normalize, amp: con
     # with ls_bench.metrics.compute_metrics(torch.from_numpy(f["test_logits"]), ...).
     np.savez_compressed(run_dir / "predictions.npz", **{f"{s}_{k}": v for s in ("val", "test") for k, v in
                                                         (("logits", logits[s].numpy()), ("labels", labels[s].numpy()))})
-    # Figures of the test split, once per run: PNGs in run_dir, images in TensorBoard.
-    t_fig, cpu_fig = time.perf_counter(), time.process_time()
-    try:
-        from ls_bench.calibration import select_per_class, write_figures  # imports matplotlib lazily
-
-        pen = None
-        if model.head.out_features >= 3:  # Müller et al. Fig. 1 needs three class templates
-            idx = select_per_class(labels["test"], (0, 1, 2), per_class=100)
-            feats = predict(model, ds.test.take(idx).to(ds.test.y.device), eb, norm, amp, features=True)
-            pen = (feats, labels["test"][idx], model.head.weight.detach().float().cpu(), (0, 1, 2))
-        write_figures(logger, run_dir, logits["test"], labels["test"], cfg.metrics.n_bins, final.get("temperature"),
-                      pen, ds.classes, f"{cfg.model.name}, {cfg.loss.name} eps={cfg.loss.epsilon:g}")
-    except Exception as e:  # a plotting failure must not lose the run's metrics
-        log.warning("calibration figures failed (%s: %s); metrics are unaffected", type(e).__name__, e)
-    log.info("calibration figures: %.2f s (%.2f s CPU)", time.perf_counter() - t_fig, time.process_time() - cpu_fig)
+    if cfg.metrics.figures:
+        write_run_figures(cfg, model, ds, norm, amp, logits, labels, final.get("temperature"), logger, run_dir)
     hp = {"loss": cfg.loss.name, "epsilon": cfg.loss.epsilon, "prior": str(cfg.loss.prior), "model": cfg.model.name,
           "data": cfg.data.name, "seed": cfg.seed, "noise_rate": cfg.data.label_noise.rate,
           "epochs": cfg.trainer.epochs, "lr": cfg.optim.lr, "batch_size": cfg.trainer.batch_size}
     logger.log_hparams(hp, {f"hparam/{k}": v for k, v in final.items()
                             if isinstance(v, float) and k.split("/")[0] in ("test", "test_ts", "val", "temperature")})
     return final
+
+
+def write_run_figures(cfg: Config, model: nn.Module, ds: Dataset, norm: Normalize,
+                      amp: contextlib.AbstractContextManager, logits: dict[str, Tensor], labels: dict[str, Tensor],
+                      temperature: float | None, logger: RunLogger, run_dir: Path) -> None:
+    """The test split's figures, once per run: PNGs in run_dir, images in TensorBoard.
+    A plotting failure is logged and never loses the run's metrics."""
+    t_fig, cpu_fig = time.perf_counter(), time.process_time()
+    try:
+        from ls_bench.calibration import select_per_class, write_figures  # imports matplotlib lazily
+
+        pen = None
+        if model.head.out_features >= 3:  # Müller et al. Fig. 1 needs three class templates
+            classes = tuple(cfg.metrics.penultimate_classes)
+            idx = select_per_class(labels["test"], classes, per_class=100)
+            feats = predict(model, ds.test.take(idx).to(ds.test.y.device), cfg.trainer.eval_batch_size, norm, amp,
+                            features=True)
+            pen = (feats, labels["test"][idx], model.head.weight.detach().float().cpu(), classes)
+        write_figures(logger, run_dir, logits["test"], labels["test"], cfg.metrics.n_bins, temperature,
+                      pen, ds.classes, f"{cfg.model.name}, {cfg.loss.name} eps={cfg.loss.epsilon:g}")
+    except Exception as e:  # a plotting failure must not lose the run's metrics
+        log.warning("calibration figures failed (%s: %s); metrics are unaffected", type(e).__name__, e)
+    log.info("calibration figures: %.2f s (%.2f s CPU)", time.perf_counter() - t_fig, time.process_time() - cpu_fig)

@@ -101,6 +101,8 @@ def cases(t: dict[str, Path], tmp: Path) -> list[tuple[str, str, list[str], list
         ("val_size_negative", "line", ["data.val_size=-1"], ["data.val_size=-1", ">= 0"]),
         ("precision", "line", ["trainer.precision=fp8"], ["trainer.precision='fp8'", "bf16"]),
         ("device", "line", ["trainer.device=tpu"], ["trainer.device='tpu'", "cuda"]),
+        ("penultimate_two_classes", "line", ["metrics.penultimate_classes=[0,1]"],
+         ["metrics.penultimate_classes=[0, 1]", "three different labels"]),
         # Checks that need the data (data.load_dataset, train.setup, train.fit before the loop).
         ("val_size_too_big", "line", ["data.val_size=5000"], ["data.val_size=5000", "1437 training images"]),
         ("train_size_too_big", "line", ["data.train_size=100000"], ["data.train_size=100000", "<="]),
@@ -110,6 +112,8 @@ def cases(t: dict[str, Path], tmp: Path) -> list[tuple[str, str, list[str], list
         ("prior_wrong_length", "line", ["loss.prior=[0.5,0.5]"], ["loss.prior=[0.5, 0.5]", "K=10"]),
         ("top5_with_3_classes", "line", ["metrics.top_k=5", "data.classes=[0,1,2]", "data.val_size=30"],
          ["metrics.top_k=5", "3 classes"]),
+        ("penultimate_class_out_of_range", "line", ["metrics.penultimate_classes=[0,1,10]"],
+         ["metrics.penultimate_classes=[0, 1, 10]", "< the 10 classes of digits"]),
         ("fp16_on_cpu", "line", ["trainer.device=cpu", "trainer.precision=fp16"], ["trainer.precision='fp16'", "CPU"]),
         ("cifar_not_there", "line", ["data=cifar10", f"data.root={tmp / 'no-cifar'}", "data.download=false"],
          ["data.root=", "no-cifar", "cifar10 files not found"]),

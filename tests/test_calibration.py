@@ -270,3 +270,24 @@ def test_binary_run_without_ts_skips_penultimate_and_ts_figures(tmp_path: Path) 
     assert "temperature" not in final and not any(k.startswith("test_ts/") for k in final)
     written = {p.name for p in tmp_path.glob("*.png")}
     assert written == {"reliability_test.png", "confidence_hist.png"}
+
+
+def test_figures_can_be_switched_off_and_the_penultimate_classes_chosen(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    off = fit(make_config(*TINY, "metrics.figures=false"), tmp_path / "off")
+    assert not list((tmp_path / "off").glob("*.png")) and "test/ece" in off
+    acc = EventAccumulator(str(tmp_path / "off/tb"), size_guidance={"images": 0})
+    acc.Reload()
+    assert acc.Tags()["images"] == [] and "hparam/test/ece" in acc.Tags()["scalars"]
+
+    drawn, real = [], cal.penultimate_projection
+
+    def spy(features, labels, templates, classes, *args, **kwargs):  # the real drawing, arguments noted
+        drawn.append((sorted(set(labels.tolist())), list(classes)))
+        return real(features, labels, templates, classes, *args, **kwargs)
+
+    monkeypatch.setattr(cal, "penultimate_projection", spy)
+    fit(make_config(*TINY, "metrics.penultimate_classes=[7,3,9]"), tmp_path / "on")
+    assert drawn == [([3, 7, 9], [7, 3, 9])] and (tmp_path / "on/penultimate.png").exists()

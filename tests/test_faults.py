@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import ls_bench.logs as logs
 import ls_bench.train as train
 from conftest import REPO, make_config, run_cli
 from ls_bench.cli import acquire_lock, release_lock
@@ -104,6 +105,37 @@ def test_disk_full_on_the_second_checkpoint_keeps_the_first(tmp_path: Path, monk
     assert {p: p.read_bytes() for p in finished.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.parametrize("target,kept", [("metrics.jsonl", 1), ("final.json", 2)])
+def test_disk_full_on_a_run_file_stops_the_run_and_the_rerun_finishes_it_the_same(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str, kept: int) -> None:
+    real_open, writes = open, []
+
+    def disk_full(file, mode="r", *args, **kwargs):  # epoch 2's metrics line, or final.json, hits ENOSPC
+        if target in Path(file).name and "r" not in mode:
+            writes.append(file)
+            if target == "final.json" or len(writes) == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(logs, "open", disk_full, raising=False)  # the module's writes, nothing else
+    cfg, run = make_config(*TWO), tmp_path / "run"
+    with pytest.raises(RunFailed) as failure:
+        fit(cfg, run)
+    assert str(failure.value) == (f"after epoch 2: cannot write {run / target} (No space left on device); "
+                                  f"last.pt keeps epoch {kept}: rerun the same command to resume")
+    failed = json.loads((run / "failed.json").read_text())
+    assert failed["reason"] == str(failure.value) and failed["type"] == "RunFailed"
+    assert load_checkpoint(run / "last.pt")["epoch"] == kept and not (run / "final.json").exists()
+
+    monkeypatch.undo()  # space again: the same command resumes and finishes as if nothing happened
+    resumed = fit(cfg, run)
+    clean = fit(cfg, tmp_path / "clean")
+    assert not (run / "failed.json").exists()
+    assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2]
+    drop = ("time_s",)
+    assert {k: v for k, v in resumed.items() if k not in drop} == {k: v for k, v in clean.items() if k not in drop}
+
+
 # --- damaged checkpoints, held locks, NaN: what the user sees ----------------------------------
 
 
@@ -127,6 +159,9 @@ def cli_faults(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[subp
     torch.save({"model": {"conv.weight": torch.zeros(2, 2)}, "optimizer": {}, "scheduler": {}, "scaler": {},
                 "epoch": 1, "history": []}, dirs["other_model"] / "last.pt")
     (dirs["stale_lock"] / ".lock").write_text("pid 999999 on a-dead-run\n")  # left by a killed run
+    dirs["tb_blocked"] = tmp / "tb_blocked"  # a fresh run whose tb/ cannot be made: a file has the name
+    dirs["tb_blocked"].mkdir()
+    (dirs["tb_blocked"] / "tb").write_text("not a folder\n")
     dirs["nan"] = tmp / "nan"
     args = {name: [*ONE, f"hydra.run.dir={d}"] for name, d in dirs.items()}
     args["nan"] = [*ONE, "optim.lr=1e30", f"hydra.run.dir={dirs['nan']}"]
@@ -158,6 +193,15 @@ def test_non_finite_loss_through_the_cli(cli_faults: dict) -> None:
     failed = json.loads((run_dir / "failed.json").read_text())
     assert "non-finite training loss at step" in failed["reason"] and failed["epoch"] == 0
     assert not (run_dir / "final.json").exists() and not (run_dir / "last.pt").exists()
+
+
+def test_a_run_file_that_cannot_be_written_is_one_line_naming_it(cli_faults: dict) -> None:
+    proc, run_dir = cli_faults["tb_blocked"]
+    line = one_line(proc)
+    assert "run failed" in line and f"cannot write {run_dir / 'tb'} (File exists)" in line, line
+    assert "no checkpoint to resume from" in line and "failed.json" in line
+    assert "cannot write" in json.loads((run_dir / "failed.json").read_text())["reason"]
+    assert not (run_dir / "final.json").exists()
 
 
 def test_a_second_writer_into_a_run_dir_is_refused(cli_faults: dict) -> None:
