@@ -13,7 +13,7 @@ same schedule (SGD, Nesterov 0.9, wd 5e-4, cosine lr, LS ε = 0.1, batch 128):
   ls-bench   ls_bench.data.train_batches / Normalize, train.train_one_epoch, train.predict with the
              real Criterion and resolve_precision("auto") (bf16 autocast where native), channels_last.
 and prints images/s of each, their ratio, achieved GFLOP/s (model FLOPs counted with
-torch.utils.flop_counter) as a fraction of this machine's measured matmul peak in the precision
+torch.utils.flop_counter) as a fraction of this machine's measured GEMM peak (peak_gflops) in the precision
 used, and both test accuracies with a check that they agree within noise.
 
 Then it runs a real `ls-bench data=imagefolder ... model=resnet20` command in a subprocess (one
@@ -51,18 +51,26 @@ def prec_name(dtype) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
 
 
-def matmul_peak_gflops(dtype, n: int = 1024, reps: int = 40) -> float:
-    """Best of `reps` n×n matmuls (2n³ FLOPs each): the machine's practical peak in this dtype."""
+def peak_gflops(dtype, reps: int = 20) -> float:
+    """The machine's practical GEMM peak in this dtype: the best of a 1024×1024 matmul (torch.mm)
+    and a 1×1 convolution over 512 channels (a GEMM inside oneDNN, the library that runs the
+    models' convolutions). Both are needed: on AMD CPUs torch.mm's fp32 path (MKL) reaches only
+    about half of what oneDNN's does (220 against 480 GFLOP/s on the 2-core EPYC)."""
     import torch
+    import torch.nn.functional as F
 
+    n, c, pixels = 1024, 512, 32 * 16 * 16
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e9
+    x = torch.randn(32, c, 16, 16).to(dtype).to(memory_format=torch.channels_last)
+    w = torch.randn(c, c, 1, 1).to(dtype).to(memory_format=torch.channels_last)
+    best = 0.0
+    for fn, flops in ((lambda: torch.mm(a, b), 2 * n ** 3), (lambda: F.conv2d(x, w), 2 * pixels * c * c)):
+        fn()
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            best = max(best, flops / (time.perf_counter() - t) / 1e9)
+    return best
 
 
 def train_flops_per_image(name: str, batch: int = 32) -> float:
@@ -264,12 +272,13 @@ def path_worker(kind: str, name: str, args, conn) -> None:
     set_threads(0)
     if kind != "reference":
         tune_allocator()  # as `ls-bench` does before it loads the data
-    train, test, ref_train, ref_test, mean, std, _ = load_data(args)
+    train, test, ref_train, ref_test, mean, std, what = load_data(args)
     if kind == "reference":
         path = Reference(name, ref_train, ref_test, args)
     else:
         path = LsBench(name, train, test, mean, std, args, precision="fp32" if kind.endswith("fp32") else "auto")
-    conn.send({"images": path.images, "precision": path.precision})
+    conn.send({"images": path.images, "precision": path.precision, "train": len(train), "test": len(test),
+               "data": what})
     while (cmd := conn.recv()) != "stop":
         if cmd == "epoch":
             t = time.perf_counter()
@@ -481,29 +490,30 @@ def main() -> None:
 
     threads = set_threads(0)
     lowp = resolve_precision("auto", torch.device("cpu"))
-    peak = {"fp32": matmul_peak_gflops(torch.float32)}
+    peak = {"fp32": peak_gflops(torch.float32)}
     if lowp is not None:
-        peak[prec_name(lowp)] = matmul_peak_gflops(lowp)
-    train, test, ref_train, ref_test, mean, std, what = load_data(args)
+        peak[prec_name(lowp)] = peak_gflops(lowp)
     print(f"torch {torch.__version__}, {threads} threads, CPU bf16 autocast: {lowp is not None}; load average "
-          f"{os.getloadavg()[0]:.1f}; matmul peak " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
-    print(f"data: {what}; {len(train)} train / {len(test)} test images, {args.epochs} epochs, batch "
-          f"{args.batch_size}, lr {args.lr}; reference DataLoader workers {args.workers}\n")
+          f"{os.getloadavg()[0]:.1f}; GEMM peak " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
     rows = []
-    for name in args.models.split(","):
+    for i, name in enumerate(args.models.split(",")):
         flops = train_flops_per_image(name)
         runs = train_side_by_side(["reference", "ls-bench", *(["ls-bench fp32"] if args.fp32 else [])], name, args)
-        base = img_per_s(runs["reference"])
+        ref = runs["reference"]
+        if i == 0:  # the data as the paths loaded it (this process never holds a copy)
+            print(f"data: {ref['data']}; {ref['train']} train / {ref['test']} test images, {args.epochs} epochs, "
+                  f"batch {args.batch_size}, lr {args.lr}; reference DataLoader workers {args.workers}\n")
+        base = img_per_s(ref)
         for path, r in runs.items():
             ips = img_per_s(r)
             gflops = flops * ips / 1e9
-            ok, tol = comparable(r["acc"], runs["reference"]["acc"], len(test))
+            ok, tol = comparable(r["acc"], ref["acc"], ref["test"])
             rows.append((name, path, r["precision"], ips, ips / base, gflops, r["acc"],
                          "" if path == "reference" else (f"ok (|Δ| <= {tol:.3f})" if ok else f"DIFFERS (> {tol:.3f})")))
         print(f"{name}: {flops / 1e6:.1f} MFLOP per training image (fwd+bwd)", flush=True)
     for k in peak:  # best of the measurements before and after: other processes only ever lower it
-        peak[k] = max(peak[k], matmul_peak_gflops(torch.float32 if k == "fp32" else lowp))
-    print(f"\nload average {os.getloadavg()[0]:.1f}; matmul peak (best of start and end) "
+        peak[k] = max(peak[k], peak_gflops(torch.float32 if k == "fp32" else lowp))
+    print(f"\nload average {os.getloadavg()[0]:.1f}; GEMM peak (best of start and end) "
           + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
     print(f"\n{'model':10s} {'path':14s} {'prec':5s} {'img/s':>7s} {'ratio':>6s} {'GFLOP/s':>8s} {'% peak':>7s} "
           f"{'test acc':>8s}  accuracy vs reference")
