@@ -288,6 +288,36 @@ def setup(cfg: Config) -> tuple[Dataset, Criterion, dict[str, int]]:
     return ds, criterion, seeds
 
 
+def evaluate(model: nn.Module, ds: Dataset, cfg: Config, norm: Normalize, amp: contextlib.AbstractContextManager,
+             top_k: int | None, logits_out: dict[str, Tensor]) -> dict[str, float]:
+    """`val/*` and `test/*` metrics of the model now; each split's logits are left in `logits_out`."""
+    m: dict[str, float] = {}
+    for s in ("val", "test"):
+        split = getattr(ds, s)
+        if len(split):
+            z = logits_out[s] = predict(model, split, cfg.trainer.eval_batch_size, norm, amp)
+            m.update({f"{s}/{k}": v for k, v in compute_metrics(z, split.y.cpu(), cfg.metrics.n_bins, top_k).items()})
+    return m
+
+
+def resume(ckpt_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+           scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler) -> tuple[int, list[dict]]:
+    """Load last.pt into the training state; (finished epochs, their history)."""
+    state = load_checkpoint(ckpt_path)
+    try:  # a loadable file from another config (model, optimizer) or an older format
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, history = int(state["epoch"]), list(state["history"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {ckpt_path} does not fit this run's config ({type(e).__name__}: "
+                              f"{first}); delete it or use another run directory") from None
+    log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
+    return start_epoch, history
+
+
 def fit(cfg: Config, run_dir: Path) -> dict[str, Any]:
     """Train and evaluate one configuration into `run_dir`; returns the final metrics."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -327,20 +357,7 @@ def fit(cfg: Config, run_dir: Path) -> dict[str, Any]:
 
     # Fingerprint of the initial weights: runs that differ only in the loss must show the same one.
     init_sha = hashlib.sha256(b"".join(v.cpu().numpy().tobytes() for v in model.state_dict().values())).hexdigest()[:16]
-    start_epoch, history = 0, []
-    if ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
-        try:  # a loadable file from another config (model, optimizer) or an older format
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            start_epoch, history = int(state["epoch"]), list(state["history"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CheckpointError(f"checkpoint {ckpt_path} does not fit this run's config ({type(e).__name__}: "
-                                  f"{first}); delete it or use another run directory") from None
-        log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
+    start_epoch, history = resume(ckpt_path, model, optimizer, scheduler, scaler) if ckpt_path.exists() else (0, [])
 
     info = {
         "version": __version__, "git_commit": git_commit(), "torch": torch.__version__,
@@ -386,14 +403,9 @@ def fit(cfg: Config, run_dir: Path) -> dict[str, Any]:
             train_s = time.perf_counter() - t_ep
             m["lr"] = optimizer.param_groups[0]["lr"]
             m["perf/train_img_per_s"] = steps * B / train_s
-            t_eval = time.perf_counter()
             if (epoch + 1) % cfg.trainer.eval_every == 0 or epoch + 1 == cfg.trainer.epochs:
-                for s in ("val", "test"):
-                    split = getattr(ds, s)
-                    if len(split):
-                        z = last_logits[s] = predict(model, split, cfg.trainer.eval_batch_size, norm, amp)
-                        m.update({f"{s}/{k}": v for k, v in
-                                  compute_metrics(z, split.y.cpu(), cfg.metrics.n_bins, top_k).items()})
+                t_eval = time.perf_counter()
+                m.update(evaluate(model, ds, cfg, norm, amp, top_k, last_logits))
                 m["perf/eval_s"] = time.perf_counter() - t_eval
             m["perf/epoch_s"] = time.perf_counter() - t_ep
             history.append({"epoch": epoch + 1, **m})
