@@ -159,10 +159,12 @@ def test_sigterm_ends_the_whole_sweep_and_the_same_command_resumes_it(tmp_path: 
     assert "SIGTERM" in err and "resume" in err and "Traceback" not in err
     assert not (jobs[0] / "final.json").exists() and not (jobs[0] / "failed.json").exists()
     assert not jobs[1].exists(), "the sweep went on to the next job after SIGTERM"
+    assert "report of the sweep" not in out and not (tmp_path / "summary.md").exists()  # stop means stop
     again = run_cli(*cmd)
     assert again.returncode == 0, again.stderr
     assert "resumed from" in again.stderr + again.stdout
     assert all((job / "final.json").exists() for job in jobs)
+    assert "2 of 2 runs finished" in again.stdout and (tmp_path / "summary.md").exists()
 
 
 def test_a_signal_after_the_last_step_stops_the_next_run_before_it_starts(tmp_path: Path, monkeypatch) -> None:
@@ -190,10 +192,12 @@ def step():
     opt.step()
 for _ in range(2):
     step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
+per_step = []
+for _ in range(9):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     step()
-print(tuned, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
+    per_step.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(tuned, sorted(per_step)[4])  # the median step: one-off arena growth (0-7k faults) does not count
 """
 
 
@@ -208,4 +212,6 @@ def test_tuned_allocator_reuses_pages_instead_of_faulting_them_in_every_step() -
         faults[mode] = float(per_step)
         if mode == "tuned":
             assert tuned == "True"
-    assert faults["tuned"] < 0.25 * faults["default"], faults
+    # Measured medians: default 2,800-9,200 faults per step (glibc's adaptive mmap threshold
+    # lowers it over time), tuned 0-1.
+    assert faults["tuned"] < 0.1 * faults["default"], faults
