@@ -176,12 +176,57 @@ class OutputGuard(Callback):
         atexit.register(release_lock, lock, fd)
 
 
+# Sweep folders to report on when this (main) process ends; filled by SweepReport.
+_SWEEPS_TO_REPORT: list[Path] = []
+
+
+class SweepReport(Callback):
+    """Registered in configs/config.yaml (hydra.callbacks.sweep_report): a sweep (-m) ends with
+    ls-bench-report on its folder, so one command gives the runs and the summary. The report runs
+    in main(), not in on_multirun_end, because Hydra skips that hook when a job has failed, and a
+    sweep with failures needs its report (which lists them) the most."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.enabled:
+            _SWEEPS_TO_REPORT.append(Path(config.hydra.sweep.dir))
+
+
+def _report_sweep(sweep_dir: Path) -> None:
+    """The sweep's report: tables on stdout; summary.csv, summary.md and plots in the folder.
+    A report that cannot be made is one line on stderr and changes nothing else."""
+    from ls_bench.report import report  # numpy, matplotlib: only once the sweep is over
+
+    print(f"\nls-bench: report of the sweep {sweep_dir} (again any time: ls-bench-report {sweep_dir})\n", flush=True)
+    try:
+        report(sweep_dir)
+    except Exception as e:  # no finished run yet, a full disk, a closed stdout, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"ls-bench: warning: no sweep report ({type(e).__name__}: {first}); the runs are unaffected",
+              file=sys.stderr)
+
+
 def main() -> None:
     if "--debug" in sys.argv:  # full Python tracebacks for every error
         sys.argv.remove("--debug")
         os.environ["HYDRA_FULL_ERROR"] = "1"
-    _run()
+    interrupted = False
+    try:
+        _run()  # a sweep with a failed job ends in SystemExit(1): still reported
+    except SystemExit as e:
+        interrupted = isinstance(e.code, int) and e.code >= 128  # SIGTERM/SIGINT: stop now, the rerun reports
+        raise
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        if _SWEEPS_TO_REPORT and not interrupted:
+            _report_sweep(_SWEEPS_TO_REPORT[0])
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # python -m ls_bench.cli: run the imported module, the one Hydra's
+    from ls_bench.cli import main as _main  # callbacks see, not this second copy of it
+
+    _main()

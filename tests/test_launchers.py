@@ -33,6 +33,9 @@ def assert_failed_job_did_not_stop_the_sweep(r, sweep: Path) -> None:
     assert "Error executing job with overrides" in r.stderr and "Traceback" not in r.stderr
     assert any(line.startswith("ls-bench: run failed (") and "non-finite training loss" in line
                for line in r.stderr.splitlines())
+    # The sweep still ends with its report (Hydra skips on_multirun_end after a failed job).
+    assert f"ls-bench: report of the sweep {sweep}" in r.stdout and "1 of 2 runs finished" in r.stdout
+    assert "- failed: " in (sweep / "summary.md").read_text() and (sweep / "summary.csv").exists()
 
 
 def test_basic_launcher_runs_the_rest_of_the_sweep_after_a_failure(tmp_path: Path) -> None:
@@ -62,6 +65,7 @@ def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path: Path) -> None:
     finals = sorted(tmp_path.glob("*/final.json"))
     assert [p.parent.name.split(",")[1] for p in finals] == ["loss.epsilon=0", "loss.epsilon=0.1"]
     assert list((tmp_path / ".submitit").iterdir())  # submitit's own logs and pickles
+    assert "2 of 2 runs finished" in r.stdout and (tmp_path / "summary.md").exists()  # reported in the main process
 
 
 def test_slurm_config_makes_a_valid_sbatch_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -28,12 +28,18 @@ METRICS = ("test/acc", "test/nll", "test/ece", "test/adaece", "test/brier", "tes
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def sweep_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess, dict]:
+    """The sweep, its output, and the summary files exactly as the sweep itself left them."""
     d = tmp_path_factory.mktemp("report") / "sweep"
     r = run_cli("-m", "experiment=quickstart", "trainer.epochs=2", "loss.epsilon=0,0.1", "seed=0,1",
                 "trainer.progress=false", f"hydra.sweep.dir={d}")
     assert r.returncode == 0, r.stderr
-    return d
+    return d, r, {p.name: p.read_bytes() for p in d.glob("summary.*")}
+
+
+@pytest.fixture(scope="module")
+def sweep(sweep_run: tuple[Path, subprocess.CompletedProcess, dict]) -> Path:
+    return sweep_run[0]
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +77,25 @@ def test_t_quantile_matches_scipy() -> None:
     for df in (*range(1, 31), 47, 100, 333):
         for p in (0.9, 0.95, 0.975, 0.995):
             assert t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-8)
+
+
+def test_the_sweep_ends_with_its_report(sweep_run: tuple[Path, subprocess.CompletedProcess, dict]) -> None:
+    d, r, left = sweep_run
+    printed = io.StringIO()
+    report(d, plots=False, out=printed)  # the same report, made afterwards
+    assert sorted(left) == ["summary.csv", "summary.md"]
+    assert left["summary.csv"] == (d / "summary.csv").read_bytes()
+    tables = printed.getvalue().split("\nwrote ")[0]
+    assert f"ls-bench: report of the sweep {d}" in r.stdout and tables in r.stdout
+    assert (d / "metrics_vs_epsilon.png").exists() and (d / "reliability_test.png").exists()
+
+
+def test_the_report_after_a_sweep_can_be_switched_off(tmp_path: Path) -> None:
+    r = run_cli("-m", "experiment=quickstart", "trainer.epochs=1", "loss.epsilon=0,0.1", "trainer.progress=false",
+                "hydra.callbacks.sweep_report.enabled=false", f"hydra.sweep.dir={tmp_path}")
+    assert r.returncode == 0, r.stderr
+    assert len(list(tmp_path.glob("*/final.json"))) == 2
+    assert "report of the sweep" not in r.stdout and not list(tmp_path.glob("summary.*"))
 
 
 def test_summary_csv_matches_final_json(sweep: Path, summary: list[dict[str, str]]) -> None:

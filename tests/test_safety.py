@@ -133,7 +133,8 @@ def test_the_code_never_evaluates_config_or_unpickles() -> None:
             assert "allow_pickle=False" in call, f"{name}: {call}"
         for first in re.findall(r"subprocess\.(?:run|Popen|call|check_call|check_output)\(\s*(\S)", src):
             assert first == "[", f"{name}: a subprocess gets a command string instead of an argument list"
-    # The only `_target_` in configs/ is Hydra's callback hook for our own OutputGuard.
+    # The only `_target_`s in configs/ are Hydra's callback hooks for our own two callbacks.
     targets = [(p.name, line.strip()) for p in (REPO / "configs").rglob("*.yaml")
                for line in p.read_text().splitlines() if "_target_" in line and not line.strip().startswith("#")]
-    assert targets == [("config.yaml", "_target_: ls_bench.cli.OutputGuard")]
+    assert targets == [("config.yaml", "_target_: ls_bench.cli.OutputGuard"),
+                       ("config.yaml", "_target_: ls_bench.cli.SweepReport")]
