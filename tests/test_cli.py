@@ -39,3 +39,9 @@ def test_user_error_is_one_line_without_traceback(tmp_path: Path) -> None:
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert lines == ["ls-bench: error: loss.epsilon=1.5 is invalid: must be in [0, 1)"]
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_a_sweep_that_started_no_job_prints_no_report(tmp_path: Path) -> None:
+    r = run_cli("-m", "loss.epsilon=abc,0.1", *TINY, f"hydra.sweep.dir={tmp_path}")  # Hydra refuses job 1
+    assert r.returncode != 0 and "loss.epsilon" in r.stderr
+    assert "report" not in r.stdout + r.stderr and not list(tmp_path.glob("summary.*"))
