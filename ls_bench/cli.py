@@ -91,7 +91,8 @@ def _fail(message: str, mode: RunMode | None, failed_dir: Path | None = None) ->
     if mode != RunMode.MULTIRUN:
         print(message, file=sys.stderr)
         sys.exit(2)
-    if failed_dir is not None and failed_dir.is_dir() and not (failed_dir / "failed.json").exists():
+    if (failed_dir is not None and failed_dir.is_dir() and not (failed_dir / "failed.json").exists()
+            and not (failed_dir / "final.json").exists()):  # never mark a finished run as failed
         from ls_bench.logs import write_json
 
         write_json(failed_dir / "failed.json", {"reason": message, "type": "ConfigError"})
@@ -221,9 +222,10 @@ def main() -> None:
     except SystemExit as e:
         interrupted = isinstance(e.code, int) and e.code >= 128  # SIGTERM/SIGINT: stop now, the rerun reports
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C outside a run's training loop (start-up, data load, between jobs)
         interrupted = True
-        raise
+        print("ls-bench: interrupted (SIGINT); rerun the same command to resume", file=sys.stderr)
+        raise SystemExit(130) from None
     finally:
         if _SWEEPS_TO_REPORT and not interrupted:
             _report_sweep(_SWEEPS_TO_REPORT[0])

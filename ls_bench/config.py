@@ -8,7 +8,7 @@ with a misspelt key or a wrong type fails when Hydra composes the config, before
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, List, Optional
 
 
@@ -31,7 +31,7 @@ class LabelNoiseConfig:
 @dataclass
 class DataConfig:
     name: str = "digits"  # digits | cifar10 | cifar100 | svhn | imagefolder
-    root: str = "./data"
+    root: Optional[str] = None  # required except for digits; the torchvision datasets' YAML says ./data
     download: bool = True
     val_size: int = 300  # held out from the training set (stratified, split_seed)
     test_size: int = 360  # only for datasets without an official test split (digits)
@@ -120,6 +120,28 @@ class Config:
     seeds: SeedsConfig = field(default_factory=SeedsConfig)
 
 
+# Keys that change where or how visibly a run executes, not what it computes: the report groups
+# runs across them, and a run directory resumes across them.
+NOT_COMPUTED = frozenset({"trainer.progress", "trainer.device", "trainer.num_threads", "trainer.checkpoint",
+                          "data.root", "data.cache_dir", "data.download", "metrics.figures",
+                          "metrics.penultimate_classes"})
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"loss": {"epsilon": 0.1}} -> {"loss.epsilon": 0.1}: the keys of command-line overrides."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def flat_config(cfg: Config) -> dict[str, Any]:
+    return flatten(asdict(cfg))
+
+
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
         raise bad(key, value, allowed)
@@ -158,7 +180,8 @@ def validate(cfg: Config) -> None:
     _check(_finite(lo.epsilon) and 0 <= lo.epsilon < 1, "loss.epsilon", lo.epsilon, "must be in [0, 1)")
     _check(_finite(lo.gamma) and lo.gamma >= 0, "loss.gamma", lo.gamma, "must be >= 0")
     _check(_finite(lo.beta) and lo.beta >= 0, "loss.beta", lo.beta, "must be >= 0")
-    _check(d.root not in ("???", ""), "data.root", d.root, f"must be set for data={d.name}, e.g. data.root=path/to/data")
+    _check(d.name == "digits" or d.root not in (None, "???", ""), "data.root", d.root,
+           f"must be set for data={d.name}, e.g. data.root=path/to/data")
     _check(d.val_size >= 0, "data.val_size", d.val_size, "must be >= 0")
     _check(d.test_size > 0, "data.test_size", d.test_size, "must be > 0")
     _check(d.train_size is None or d.train_size > 0, "data.train_size", d.train_size, "must be > 0 or null")

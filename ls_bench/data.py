@@ -7,6 +7,7 @@ flip) and normalisation are batched tensor ops. No PIL, no DataLoader, no per-sa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -253,7 +254,8 @@ def _cached_decode(cfg: DataConfig, split: str, files: list[tuple[str, int]], ro
     except OSError:
         pass  # a read-only cache only costs speed
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # cache_dir may be a file: NotADirectoryError
+            tmp.unlink(missing_ok=True)
     return Split(x, labels)
 
 
@@ -481,7 +483,8 @@ class Normalize:
 
 def train_batches(split: Split, batch_size: int, seed: int, augment: bool,
                   norm: Normalize) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-    """One epoch of shuffled (x, y, idx) batches; drop_last keeps every step the same size.
+    """One epoch of shuffled (x, y, idx) batches; drop_last keeps every step the same size
+    (a split smaller than one batch gives a single short batch).
 
     All randomness comes from a CPU generator seeded with `seed`, so the batches depend only
     on (seed, data), never on the device, the model or the loss: runs that differ only in the

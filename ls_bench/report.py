@@ -5,7 +5,7 @@ Reads only what programs are meant to read: each job's `.hydra/config.yaml`, `fi
 diagrams); never the TensorBoard event files.
 
 Runs are grouped by their whole resolved config except the seeds (`seed`, `seeds.*`) and the keys
-in IGNORED, so a group is "one setting, several seeds". Per group and metric: mean, sample std
+in NOT_COMPUTED, so a group is "one setting, several seeds". Per group and metric: mean, sample std
 and the 95% confidence half-width t(0.975, n-1)·s/√n (Student t). For every ε > 0, the paired
 difference to ε = 0: runs that differ only in `loss.epsilon` (same seed, so the same initial weights
 and batches) are subtracted seed by seed, and the mean ± 95% CI of those differences is reported;
@@ -28,14 +28,13 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
+from ls_bench.config import NOT_COMPUTED, flatten
+
 # The metrics of the report, in table order; those absent from every final.json are left out.
 METRICS = ("test/acc", "test/nll", "test/ece", "test/adaece", "test/brier", "test_ts/ece", "temperature")
 PLOT_METRICS = ("test/acc", "test/nll", "test/ece", "test_ts/ece")
 CURVES = ("train/loss", "train/acc", "val/acc")  # per-epoch keys of metrics.jsonl for training_curves.png
 EPS = "loss.epsilon"
-# Keys that change where or how visibly a run executes, not what it computes.
-IGNORED = frozenset({"trainer.progress", "trainer.device", "trainer.num_threads", "trainer.checkpoint",
-                     "data.root", "data.cache_dir", "data.download"})
 LEVEL = 0.95  # confidence level of every interval in the report
 
 
@@ -112,16 +111,6 @@ class Run:
         return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def is_seed_key(key: str) -> bool:
     return key == "seed" or key.startswith("seeds.")
 
@@ -134,7 +123,11 @@ def canonical(v: Any) -> str:
 
 
 def read_run(job_dir: Path) -> Run:
-    config = flatten(yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text()) or {})
+    # The config the run recorded when it started, if it did: Hydra rewrites .hydra/config.yaml at
+    # every launch, even one that fit() then refuses because the folder holds another config's run.
+    info = _read_json(job_dir / "run_info.json")
+    config = info["config"] if isinstance(info.get("config"), dict) else \
+        flatten(yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text()) or {})
     if (job_dir / "final.json").exists():
         return Run(job_dir, config, "done", json.loads((job_dir / "final.json").read_text()))
     if (job_dir / "failed.json").exists():
@@ -149,6 +142,14 @@ def read_run(job_dir: Path) -> Run:
     return Run(job_dir, config, "missing",
                note=f"no final.json or failed.json; {epochs}/{config.get('trainer.epochs', '?')} epochs logged "
                     f"(still running, or killed: relaunch the sweep to resume it)")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        out = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return out if isinstance(out, dict) else {}
 
 
 def find_runs(sweep_dir: Path) -> list[Run]:
@@ -212,7 +213,7 @@ class Group:
 
 def setting_key(config: dict[str, Any], drop: Iterable[str] = ()) -> tuple[tuple[str, str], ...]:
     """What a run computes: its config without the ignored keys (and without `drop`)."""
-    skip = IGNORED | set(drop)
+    skip = NOT_COMPUTED | set(drop)
     return tuple(sorted((k, canonical(v)) for k, v in config.items() if k not in skip))
 
 
@@ -221,7 +222,7 @@ def varying_keys(runs: Sequence[Run]) -> list[str]:
     keys: list[str] = []
     for r in runs:
         keys += [k for k in r.config if k not in keys]
-    out = [k for k in keys if k not in IGNORED and not is_seed_key(k)
+    out = [k for k in keys if k not in NOT_COMPUTED and not is_seed_key(k)
            and len({canonical(r.config.get(k)) for r in runs}) > 1]
     return [k for k in out if k != EPS] + [EPS]
 

@@ -28,9 +28,9 @@ from tqdm.auto import tqdm
 
 from ls_bench import __version__
 from ls_bench.calibration import fit_temperature
-from ls_bench.config import Config, ConfigError, SchedConfig, bad
+from ls_bench.config import NOT_COMPUTED, Config, ConfigError, SchedConfig, bad, flat_config
 from ls_bench.data import Dataset, Normalize, Split, eval_batches, load_dataset, train_batches
-from ls_bench.logs import RunLogger, read_jsonl, truncate_jsonl, write_json
+from ls_bench.logs import RunLogger, truncate_jsonl, write_json
 from ls_bench.losses import Criterion, as_multiclass, make_criterion
 from ls_bench.metrics import compute_metrics, default_top_k
 from ls_bench.models import build_model
@@ -94,6 +94,11 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise bad("trainer.device", name, "auto or cpu: no CUDA device is available here")
+    if name.startswith("cuda:"):
+        n = torch.cuda.device_count()
+        index = name.split(":", 1)[1]
+        if not (index.isdigit() and int(index) < n):
+            raise bad("trainer.device", name, f"cuda or cuda:0 ... cuda:{n - 1} on this machine")
     return torch.device(name)
 
 
@@ -288,6 +293,26 @@ def setup(cfg: Config) -> tuple[Dataset, Criterion, dict[str, int]]:
     return ds, criterion, seeds
 
 
+def check_same_run(run_dir: Path, config: dict[str, Any]) -> None:
+    """Refuse to skip or resume a folder that holds a run of another config. Hydra rewrites
+    .hydra/config.yaml at every launch, so without this check a changed ε (or an edited YAML
+    default) would silently inherit the old final.json or continue the old last.pt."""
+    try:
+        before = json.loads((run_dir / "run_info.json").read_text()).get("config")
+    except (OSError, ValueError, AttributeError):
+        before = None
+    if not isinstance(before, dict):
+        return  # from a version of ls-bench that did not record its config: nothing to compare
+    now = json.loads(json.dumps(config))  # the types a JSON round trip gives (tuples as lists)
+    changed = [k for k in sorted(set(before) | set(now))
+               if k not in NOT_COMPUTED and (k in before, before.get(k)) != (k in now, now.get(k))]
+    if changed:
+        shown = ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:3])
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise ConfigError(f"{run_dir} holds a run of another config ({shown}{more}); rerun it with its own "
+                          f"config, or choose another folder (hydra.run.dir / hydra.sweep.dir), or delete it")
+
+
 def evaluate(model: nn.Module, ds: Dataset, cfg: Config, norm: Normalize, amp: contextlib.AbstractContextManager,
              top_k: int | None, logits_out: dict[str, Tensor]) -> dict[str, float]:
     """`val/*` and `test/*` metrics of the model now; each split's logits are left in `logits_out`."""
@@ -322,6 +347,9 @@ def fit(cfg: Config, run_dir: Path) -> dict[str, Any]:
     """Train and evaluate one configuration into `run_dir`; returns the final metrics."""
     run_dir.mkdir(parents=True, exist_ok=True)
     final_path, ckpt_path = run_dir / "final.json", run_dir / "last.pt"
+    config = flat_config(cfg)
+    if final_path.exists() or ckpt_path.exists():
+        check_same_run(run_dir, config)
     if final_path.exists():
         log.info("%s exists: run already finished, skipping", final_path)
         return json.loads(final_path.read_text())
@@ -360,7 +388,7 @@ def fit(cfg: Config, run_dir: Path) -> dict[str, Any]:
     start_epoch, history = resume(ckpt_path, model, optimizer, scheduler, scaler) if ckpt_path.exists() else (0, [])
 
     info = {
-        "version": __version__, "git_commit": git_commit(), "torch": torch.__version__,
+        "config": config, "version": __version__, "git_commit": git_commit(), "torch": torch.__version__,
         "python": platform.python_version(), "device": str(device),
         "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32", "threads": threads,
         "allocator_tuned": allocator_tuned,
@@ -395,14 +423,15 @@ def fit(cfg: Config, run_dir: Path) -> dict[str, Any]:
             data_seed = derive_seed(seeds["data"], f"epoch{epoch}")
             batches = train_batches(ds.train, B, data_seed, ds.augment, norm)
             loss_gen = torch.Generator(device).manual_seed(derive_seed(seeds["data"], f"flip{epoch}"))
+            lr = optimizer.param_groups[0]["lr"]  # of the epoch's first step (the scheduler steps per batch)
             try:
                 m = train_one_epoch(train_model, batches, criterion, optimizer, scheduler, amp, scaler, loss_gen,
                                     steps, cfg.trainer.progress, f"epoch {epoch + 1}")
             except RunFailed as e:
                 raise RunFailed(f"epoch {epoch + 1}: {e}") from None
             train_s = time.perf_counter() - t_ep
-            m["lr"] = optimizer.param_groups[0]["lr"]
-            m["perf/train_img_per_s"] = steps * B / train_s
+            m["lr"] = lr
+            m["perf/train_img_per_s"] = min(steps * B, len(ds.train)) / train_s  # one short batch if N < B
             if (epoch + 1) % cfg.trainer.eval_every == 0 or epoch + 1 == cfg.trainer.epochs:
                 t_eval = time.perf_counter()
                 m.update(evaluate(model, ds, cfg, norm, amp, top_k, last_logits))
@@ -424,8 +453,14 @@ def fit(cfg: Config, run_dir: Path) -> dict[str, Any]:
         final["time_s"] = time.perf_counter() - t0
         write_json(final_path, final)
         return final
-    except (RunFailed, torch.OutOfMemoryError, OSError) as e:
-        failure = write_failure(e, len(history), saved_epoch) if isinstance(e, OSError) else e
+    except (RunFailed, torch.cuda.OutOfMemoryError, OSError) as e:
+        if isinstance(e, OSError):
+            failure = write_failure(e, len(history), saved_epoch)
+        elif isinstance(e, torch.cuda.OutOfMemoryError):  # one line, like every other failure
+            failure = RunFailed(f"epoch {len(history) + 1}: out of GPU memory ({str(e).splitlines()[0][:200]}); "
+                                f"lower trainer.batch_size or trainer.eval_batch_size")
+        else:
+            failure = e
         with contextlib.suppress(OSError):  # on a full disk this fails too; the error itself must surface
             write_json(run_dir / "failed.json", {"reason": str(failure).splitlines()[0],
                                                  "type": type(failure).__name__, "epoch": len(history),

@@ -115,6 +115,8 @@ def cases(t: dict[str, Path], tmp: Path) -> list[tuple[str, str, list[str], list
         ("penultimate_class_out_of_range", "line", ["metrics.penultimate_classes=[0,1,10]"],
          ["metrics.penultimate_classes=[0, 1, 10]", "< the 10 classes of digits"]),
         ("fp16_on_cpu", "line", ["trainer.device=cpu", "trainer.precision=fp16"], ["trainer.precision='fp16'", "CPU"]),
+        ("imagefolder_without_root", "line", ["data=imagefolder"],
+         ["data.root=None", "must be set for data=imagefolder"]),
         ("cifar_not_there", "line", ["data=cifar10", f"data.root={tmp / 'no-cifar'}", "data.download=false"],
          ["data.root=", "no-cifar", "cifar10 files not found"]),
         # Image folders.

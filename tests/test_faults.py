@@ -238,3 +238,29 @@ def test_two_sweeps_into_one_folder_the_second_refuses(tmp_path: Path) -> None:
     for job in jobs:  # each job written once, by the first sweep: two epochs, no interleaving
         assert [r["epoch"] for r in read_jsonl(sweep / job / "metrics.jsonl")] == [1, 2]
     assert not lock.exists()  # released when the first sweep exited
+
+
+# --- a folder that holds another config's run --------------------------------------------------
+
+
+def test_a_folder_holding_another_configs_run_is_refused_and_keeps_reporting_that_run(tmp_path: Path) -> None:
+    """Hydra rewrites .hydra/config.yaml at every launch: a rerun with a changed ε into the same
+    folder must neither inherit the old final.json nor continue the old last.pt."""
+    from ls_bench.report import find_runs
+
+    done, stopped = tmp_path / "done", tmp_path / "stopped"
+    for d in (done, stopped):
+        assert run_cli(*TWO, f"hydra.run.dir={d}").returncode == 0
+    (stopped / "final.json").unlink()  # as if killed after epoch 2's checkpoint
+    before = {d: {p: p.read_bytes() for p in d.rglob("*") if p.is_file() and ".hydra" not in p.parts}
+              for d in (done, stopped)}
+    for d in (done, stopped):
+        line = one_line(run_cli(*TWO, "loss.epsilon=0.2", "optim.lr=0.1", f"hydra.run.dir={d}"))
+        assert line == (f"ls-bench: error: {d} holds a run of another config (loss.epsilon 0.0 -> 0.2, optim.lr 0.05 "
+                        f"-> 0.1); rerun it with its own config, or choose another folder (hydra.run.dir / "
+                        f"hydra.sweep.dir), or delete it")
+        assert {p: p.read_bytes() for p in d.rglob("*") if p.is_file() and ".hydra" not in p.parts} == before[d]
+    (run,) = find_runs(done)  # .hydra/config.yaml now says 0.2; the report still shows what ran
+    assert run.status == "done" and run.config["loss.epsilon"] == 0.0 and run.config["optim.lr"] == 0.05
+    again = run_cli(*TWO, "trainer.num_threads=1", f"hydra.run.dir={stopped}")  # same computation: resumes
+    assert again.returncode == 0 and "resumed from" in again.stderr + again.stdout, again.stderr

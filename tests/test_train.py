@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import REPO, TINY, make_config, run_cli
 from ls_bench.config import SchedConfig
@@ -86,10 +87,15 @@ def test_same_config_and_seed_is_bit_identical_on_cpu(tmp_path: Path) -> None:
 
 
 def test_finished_run_is_skipped(tmp_path: Path) -> None:
+    from ls_bench.config import ConfigError
+
     cfg = make_config(*TINY)
-    fit(cfg, tmp_path)
+    final = fit(cfg, tmp_path)
     before = (tmp_path / "final.json").stat().st_mtime_ns
-    fit(replace(cfg, seed=5), tmp_path)  # a different config would train; a finished dir is not redone
+    shown = replace(cfg, trainer=replace(cfg.trainer, progress=True, num_threads=1))  # same computation
+    assert fit(shown, tmp_path) == final  # not redone
+    with pytest.raises(ConfigError, match="holds a run of another config \\(seed 0 -> 5\\)"):
+        fit(replace(cfg, seed=5), tmp_path)  # another run: refused, not passed off as this one
     assert (tmp_path / "final.json").stat().st_mtime_ns == before
 
 
@@ -165,6 +171,43 @@ def test_sigterm_ends_the_whole_sweep_and_the_same_command_resumes_it(tmp_path: 
     assert "resumed from" in again.stderr + again.stdout
     assert all((job / "final.json").exists() for job in jobs)
     assert "2 of 2 runs finished" in again.stdout and (tmp_path / "summary.md").exists()
+
+
+def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path: Path, cifar_root: Path) -> None:
+    """SIGINT before the training loop has its handler (here: while 60,000 JPEGs are decoded
+    into an empty cache) still ends in one line, not a KeyboardInterrupt traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "ls_bench.cli", "data=imagefolder", f"data.root={cifar_root}",
+                             f"data.cache_dir={tmp_path / 'cache'}", "trainer.progress=false",
+                             f"hydra.run.dir={tmp_path / 'run'}"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(5)  # Hydra is up, the decode has started (it takes ~20 s on 2 cores)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert lines == ["ls-bench: interrupted (SIGINT); rerun the same command to resume"], err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_logged_lr_is_the_rate_of_each_epochs_first_step(tmp_path: Path) -> None:
+    cfg = make_config(*TINY, "trainer.epochs=2", "metrics.figures=false")
+    fit(cfg, tmp_path)
+    steps = (1797 - 360 - 300) // 64
+    lrs = [r["lr"] for r in read_jsonl(tmp_path / "metrics.jsonl")]
+    assert lrs == pytest.approx([cfg.optim.lr * lr_factor(e * steps, steps, 2, cfg.sched) for e in (0, 1)])
+
+
+def test_cuda_index_is_checked_against_the_devices_there_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ls_bench.config import ConfigError
+    from ls_bench.train import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a one-GPU machine, as far as this asks
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    for bad in ("cuda:1", "cuda:abc", "cuda:"):
+        with pytest.raises(ConfigError, match=f"trainer.device='{bad}' is invalid: cuda or cuda:0 ... cuda:0"):
+            resolve_device(bad)
 
 
 def test_a_signal_after_the_last_step_stops_the_next_run_before_it_starts(tmp_path: Path, monkeypatch) -> None:

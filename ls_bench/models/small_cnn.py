@@ -1,6 +1,5 @@
 """A small VGG-style CNN: the fast default, seconds per epoch on digits on a laptop CPU."""
 
-import torch
 from torch import Tensor, nn
 
 
