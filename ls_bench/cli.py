@@ -21,7 +21,7 @@ from hydra.types import RunMode
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
-from ls_bench.config import Config, ConfigError, bad, validate
+from ls_bench.config import Config, ConfigError, bad, first_line, validate
 
 ConfigStore.instance().store(name="ls_bench_schema", node=Config)
 # configs/ sits beside the package in the source tree (install with `pip install -e .`).
@@ -207,8 +207,7 @@ def _report_sweep(sweep_dir: Path) -> None:
               flush=True)
         report(sweep_dir)
     except Exception as e:  # no finished run yet, a full disk, a closed stdout, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"ls-bench: warning: no sweep report ({type(e).__name__}: {first}); the runs are unaffected",
+        print(f"ls-bench: warning: no sweep report ({type(e).__name__}: {first_line(e)}); the runs are unaffected",
               file=sys.stderr)
 
 

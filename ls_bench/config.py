@@ -16,6 +16,12 @@ class ConfigError(ValueError):
     """A user mistake in the config or the data it points at; printed as one line, no traceback."""
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's message cut to its first line (or its type's name): for one-line errors."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def bad(key: str, value: Any, allowed: str) -> ConfigError:
     """The one-line error format: the field, the value, what is allowed."""
     return ConfigError(f"{key}={value!r} is invalid: {allowed}")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ls_bench.config import ConfigError, DataConfig, bad
+from ls_bench.config import ConfigError, DataConfig, bad, first_line
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def _torchvision(name: str) -> Callable[[DataConfig], tuple[Split, Split | None,
                 # torchvision verifies the archive's MD5 after a download and before use.
                 ds = cls(str(root), download=cfg.download, **kwargs)
             except (RuntimeError, OSError) as e:
-                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                reason = first_line(e)
                 raise ConfigError(
                     f"data.root={cfg.root!r}: {name} files not found under {root.resolve()} and not downloaded "
                     f"({reason}); point data.root at the folder that holds them, or use "
@@ -146,8 +146,7 @@ def _list_images(folder: Path) -> tuple[list[tuple[str, int]], list[str]]:
 
 def _reason(e: Exception) -> str:
     """First line of an I/O error, without torchvision's C++ source location prefix."""
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return re.sub(r"^\w+, \S+:\d+, ", "", first)
+    return re.sub(r"^\w+, \S+:\d+, ", "", first_line(e))
 
 
 def _chunked(fn: Callable[[list[str]], list], items: list[str], workers: int = 8) -> list:

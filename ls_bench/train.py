@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ls_bench import __version__
 from ls_bench.calibration import fit_temperature
-from ls_bench.config import NOT_COMPUTED, Config, ConfigError, SchedConfig, bad, flat_config
+from ls_bench.config import NOT_COMPUTED, Config, ConfigError, SchedConfig, bad, first_line, flat_config
 from ls_bench.data import Dataset, Normalize, Split, eval_batches, load_dataset, train_batches
 from ls_bench.logs import RunLogger, truncate_jsonl, write_json
 from ls_bench.losses import Criterion, as_multiclass, make_criterion
@@ -263,8 +263,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} cannot be loaded safely ({first}); delete it to restart the "
+        raise CheckpointError(f"checkpoint {path} cannot be loaded safely ({first_line(e)}); delete it to restart the "
                               f"run from scratch") from None
 
 
@@ -336,9 +335,8 @@ def resume(ckpt_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
         scaler.load_state_dict(state["scaler"])
         start_epoch, history = int(state["epoch"]), list(state["history"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"checkpoint {ckpt_path} does not fit this run's config ({type(e).__name__}: "
-                              f"{first}); delete it or use another run directory") from None
+                              f"{first_line(e)}); delete it or use another run directory") from None
     log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
     return start_epoch, history
 
@@ -391,8 +389,8 @@ def fit(cfg: Config, run_dir: Path) -> dict[str, Any]:
         "config": config, "version": __version__, "git_commit": git_commit(), "torch": torch.__version__,
         "python": platform.python_version(), "device": str(device),
         "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32", "threads": threads,
-        "allocator_tuned": allocator_tuned,
-        "seeds": seeds, "init_sha": init_sha, "classes": ds.classes, "sizes": {k: len(getattr(ds, k)) for k in ("train", "val", "test")},
+        "allocator_tuned": allocator_tuned, "seeds": seeds, "init_sha": init_sha, "classes": ds.classes,
+        "sizes": {k: len(getattr(ds, k)) for k in ("train", "val", "test")},
         "determinism": {"cudnn_benchmark": device.type == "cuda", "deterministic_algorithms": False,
                         "note": "bit-identical reruns on the CPU with the same threads; CUDA is close, not exact"},
         "label_noise": {"rate_requested": cfg.data.label_noise.rate, "flipped": len(ds.noisy_idx),
@@ -457,12 +455,12 @@ def fit(cfg: Config, run_dir: Path) -> dict[str, Any]:
         if isinstance(e, OSError):
             failure = write_failure(e, len(history), saved_epoch)
         elif isinstance(e, torch.cuda.OutOfMemoryError):  # one line, like every other failure
-            failure = RunFailed(f"epoch {len(history) + 1}: out of GPU memory ({str(e).splitlines()[0][:200]}); "
+            failure = RunFailed(f"epoch {len(history) + 1}: out of GPU memory ({first_line(e)[:200]}); "
                                 f"lower trainer.batch_size or trainer.eval_batch_size")
         else:
             failure = e
         with contextlib.suppress(OSError):  # on a full disk this fails too; the error itself must surface
-            write_json(run_dir / "failed.json", {"reason": str(failure).splitlines()[0],
+            write_json(run_dir / "failed.json", {"reason": first_line(failure),
                                                  "type": type(failure).__name__, "epoch": len(history),
                                                  "time_s": time.perf_counter() - t0})
         if failure is e:
