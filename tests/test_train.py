@@ -180,7 +180,11 @@ def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path: Path, cifar_r
                              f"data.cache_dir={tmp_path / 'cache'}", "trainer.progress=false",
                              f"hydra.run.dir={tmp_path / 'run'}"], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    time.sleep(5)  # Hydra is up, the decode has started (it takes ~20 s on 2 cores)
+    t0 = time.time()
+    while not (tmp_path / "run/.hydra/config.yaml").exists():  # Hydra is up, the job has started
+        assert proc.poll() is None and time.time() - t0 < 60, proc.communicate()
+        time.sleep(0.05)
+    time.sleep(1)  # inside the decode, which takes ~20 s on 2 cores
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
