@@ -198,9 +198,9 @@ class SweepReport(Callback):
 def _report_sweep(sweep_dir: Path) -> None:
     """The sweep's report: tables on stdout; summary.csv, summary.md and plots in the folder.
     A report that cannot be made is one line on stderr and changes nothing else."""
-    from ls_bench.report import find_runs, report  # numpy, matplotlib: only once the sweep is over
+    from ls_bench.report import report  # numpy, matplotlib: only once the sweep is over
 
-    if not sweep_dir.is_dir() or not find_runs(sweep_dir):  # no job started (e.g. a composition error)
+    if next(sweep_dir.rglob(".hydra/config.yaml"), None) is None:  # no job started (a composition error)
         return
     try:
         print(f"\nls-bench: report of the sweep {sweep_dir} (again any time: ls-bench-report {sweep_dir})\n",
