@@ -97,6 +97,15 @@ class RunLogger:
         self.writer.close()
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object file such as run_info.json; {} if it is missing, unreadable or not an object."""
+    try:
+        out = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return out if isinstance(out, dict) else {}
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Epoch records, skipping a torn last line left by a crash mid-write."""
     out = []

@@ -123,9 +123,11 @@ def canonical(v: Any) -> str:
 
 
 def read_run(job_dir: Path) -> Run:
+    from ls_bench.logs import read_json, read_jsonl
+
     # The config the run recorded when it started, if it did: Hydra rewrites .hydra/config.yaml at
     # every launch, even one that fit() then refuses because the folder holds another config's run.
-    info = _read_json(job_dir / "run_info.json")
+    info = read_json(job_dir / "run_info.json")
     config = info["config"] if isinstance(info.get("config"), dict) else \
         flatten(yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text()) or {})
     if (job_dir / "final.json").exists():
@@ -136,20 +138,10 @@ def read_run(job_dir: Path) -> Run:
         return Run(job_dir, config, "failed", note=f"{info.get('reason', '?')}{after}")
     epochs = 0
     if (job_dir / "metrics.jsonl").exists():
-        from ls_bench.logs import read_jsonl
-
         epochs = max((r.get("epoch", 0) for r in read_jsonl(job_dir / "metrics.jsonl")), default=0)
     return Run(job_dir, config, "missing",
                note=f"no final.json or failed.json; {epochs}/{config.get('trainer.epochs', '?')} epochs logged "
                     f"(still running, or killed: relaunch the sweep to resume it)")
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        out = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return out if isinstance(out, dict) else {}
 
 
 def find_runs(sweep_dir: Path) -> list[Run]:

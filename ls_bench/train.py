@@ -30,7 +30,7 @@ from ls_bench import __version__
 from ls_bench.calibration import fit_temperature
 from ls_bench.config import NOT_COMPUTED, Config, ConfigError, SchedConfig, bad, first_line, flat_config
 from ls_bench.data import Dataset, Normalize, Split, eval_batches, load_dataset, train_batches
-from ls_bench.logs import RunLogger, truncate_jsonl, write_json
+from ls_bench.logs import RunLogger, read_json, truncate_jsonl, write_json
 from ls_bench.losses import Criterion, as_multiclass, make_criterion
 from ls_bench.metrics import compute_metrics, default_top_k
 from ls_bench.models import build_model
@@ -296,10 +296,7 @@ def check_same_run(run_dir: Path, config: dict[str, Any]) -> None:
     """Refuse to skip or resume a folder that holds a run of another config. Hydra rewrites
     .hydra/config.yaml at every launch, so without this check a changed ε (or an edited YAML
     default) would silently inherit the old final.json or continue the old last.pt."""
-    try:
-        before = json.loads((run_dir / "run_info.json").read_text()).get("config")
-    except (OSError, ValueError, AttributeError):
-        before = None
+    before = read_json(run_dir / "run_info.json").get("config")
     if not isinstance(before, dict):
         return  # from a version of ls-bench that did not record its config: nothing to compare
     now = json.loads(json.dumps(config))  # the types a JSON round trip gives (tuples as lists)
