@@ -14,6 +14,7 @@ used, so no figure is registered globally and nothing needs plt.close):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ls_bench.config import ConfigError
+from ls_bench.errors import ConfigError
 from ls_bench.metrics import calibration_bins, check_inputs, check_n_bins, confidence_correct, ece, mce
 
 if TYPE_CHECKING:
@@ -120,22 +121,9 @@ def reliability_diagram(logits: Tensor, labels: Tensor, n_bins: int = 15, title:
     check_n_bins(n_bins)
     conf, correct = confidence_correct(logits, labels)
     bins = calibration_bins(conf, correct, n_bins)
-    width = 1 / n_bins
-    filled = [m for m in range(n_bins) if bins["count"][m] > 0]
-    left = [m * width for m in filled]
-    acc = [bins["acc"][m] for m in filled]
-    mean_conf = [bins["conf"][m] for m in filled]
-
     fig = _figure(4.2, 4.6, left=0.14, bottom=0.19, top=0.89)
     ax = fig.subplots()
-    ax.bar(left, acc, width=width, align="edge", color="tab:blue", edgecolor="black", linewidth=0.5,
-           label="accuracy")
-    # From the accuracy to the mean confidence of the bin: above the bar = over-confident.
-    ax.bar(left, [c - a for a, c in zip(acc, mean_conf)], bottom=acc, width=width, align="edge", color="tab:red",
-           alpha=0.3, hatch="//", edgecolor="tab:red", linewidth=0.5, label="gap to mean confidence")
-    ax.plot([0, 1], [0, 1], "k--", linewidth=1)
-    for x, a, c, n in zip(left, acc, mean_conf, (int(bins["count"][m]) for m in filled)):
-        ax.text(x + width / 2, max(a, c) + 0.01, str(n), ha="center", va="bottom", fontsize=6, rotation=90)
+    draw_reliability(ax, bins, counts=True)
     _unit_axes(ax, "confidence", "accuracy")
     ax.set(ylim=(0, 1.1), yticks=[0, 0.2, 0.4, 0.6, 0.8, 1], yticklabels=["0", "0.2", "0.4", "0.6", "0.8", "1"])
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize="x-small", frameon=False,
@@ -143,6 +131,28 @@ def reliability_diagram(logits: Tensor, labels: Tensor, n_bins: int = 15, title:
     stats = f"ECE {ece(conf, correct, n_bins):.4f}, MCE {mce(conf, correct, n_bins):.4f}, N = {len(conf)}, M = {n_bins}"
     ax.set_title(f"{title or 'reliability'}\n{stats}", fontsize="small")
     return fig
+
+
+def draw_reliability(ax: "Axes", bins: dict[str, list[float]], counts: bool = True) -> None:
+    """Onto `ax`: accuracy per equal-width confidence bin (bars, from calibration_bins), the gap to
+    the bin's mean confidence shaded red (above the bar: over-confident), the diagonal of perfect
+    calibration and, with `counts`, the number of samples above each non-empty bin. The one
+    drawing of a reliability diagram: the run's figures and the sweep report's grid both use it."""
+    n_bins = len(bins["acc"])
+    width = 1 / n_bins
+    filled = [m for m in range(n_bins) if bins["count"][m] > 0]
+    left = [m * width for m in filled]
+    acc = [bins["acc"][m] for m in filled]
+    mean_conf = [bins["conf"][m] for m in filled]
+    ax.bar(left, acc, width=width, align="edge", color="tab:blue", edgecolor="black", linewidth=0.5,
+           label="accuracy")
+    # From the accuracy to the mean confidence of the bin: above the bar = over-confident.
+    ax.bar(left, [c - a for a, c in zip(acc, mean_conf)], bottom=acc, width=width, align="edge", color="tab:red",
+           alpha=0.3, hatch="//", edgecolor="tab:red", linewidth=0.5, label="gap to mean confidence")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1)
+    if counts:
+        for x, a, c, n in zip(left, acc, mean_conf, (int(bins["count"][m]) for m in filled)):
+            ax.text(x + width / 2, max(a, c) + 0.01, str(n), ha="center", va="bottom", fontsize=6, rotation=90)
 
 
 def confidence_histogram(logits: Tensor, labels: Tensor, n_bins: int = 15, temperature: float | None = None,
@@ -235,16 +245,27 @@ class FigureLogger(Protocol):
     def log_figure(self, tag: str, figure: "Figure", step: int = 0) -> None: ...
 
 
-def write_figures(logger: FigureLogger, run_dir: Path, logits: Tensor, labels: Tensor, n_bins: int,
-                  temperature: float | None = None,
-                  penultimate: tuple[Tensor, Tensor, Tensor, Sequence[int]] | None = None,
-                  class_names: Sequence[str] | None = None, title: str = "") -> list[str]:
+@dataclass
+class SplitFigures:
+    """What the end-of-run figures of one split are drawn from."""
+
+    logits: Tensor  # [N, K], before temperature scaling
+    labels: Tensor  # [N]
+    n_bins: int
+    temperature: float | None = None
+    # (features [n, D], their labels [n], last-layer weight [K, D], three classes), or None
+    penultimate: tuple[Tensor, Tensor, Tensor, Sequence[int]] | None = None
+    class_names: Sequence[str] | None = None
+    title: str = ""
+
+
+def write_figures(logger: FigureLogger, run_dir: Path, split: SplitFigures) -> list[str]:
     """The end-of-run figures of one split (the test split in train.finish): each goes to
     TensorBoard under `test/...` or `test_ts/...` and to `<run_dir>/<name>.png`, drawn once.
-
-    `penultimate` = (features [n, D], their labels [n], last-layer weight [K, D], three classes).
     Returns the PNG file names written.
     """
+    logits, labels, n_bins, temperature, title = split.logits, split.labels, split.n_bins, split.temperature, split.title
+    class_names, penultimate = split.class_names, split.penultimate
     figs: dict[str, tuple[str, Callable[[], "Figure"]]] = {  # file name: (TensorBoard tag, builder)
         "reliability_test": ("test/reliability", lambda: reliability_diagram(
             logits, labels, n_bins, "test, before temperature scaling")),

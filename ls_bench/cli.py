@@ -21,7 +21,8 @@ from hydra.types import RunMode
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
-from ls_bench.config import Config, ConfigError, bad, first_line, validate
+from ls_bench.config import Config, validate
+from ls_bench.errors import ConfigError, RunFailed, bad, first_line
 
 ConfigStore.instance().store(name="ls_bench_schema", node=Config)
 # configs/ sits beside the package in the source tree (install with `pip install -e .`).
@@ -33,8 +34,12 @@ class UserError(CompactHydraException):
 
 
 def to_config(cfg: DictConfig) -> Config:
+    """The typed Config, checked: the registries' names, then the ranges (config.validate)."""
+    from ls_bench.train import check_names  # torch loads after parsing
+
     config = OmegaConf.to_object(cfg)
     assert isinstance(config, Config)
+    check_names(config)
     validate(config)
     return config
 
@@ -55,7 +60,9 @@ def _configure_threads() -> None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _run(cfg: DictConfig) -> float | None:
-    from ls_bench.train import CheckpointError, Interrupted, RunFailed, fit  # torch loads after parsing
+    from ls_bench.checkpoint import CheckpointError  # torch loads after parsing
+    from ls_bench.signals import Interrupted
+    from ls_bench.train import fit
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
@@ -69,7 +76,7 @@ def _run(cfg: DictConfig) -> float | None:
         _configure_threads()
         final = fit(config, run_dir)
     except (ConfigError, CheckpointError) as e:
-        _fail(f"ls-bench: error: {e}", hc.mode, run_dir)
+        _fail(f"ls-bench: error: {e}", hc.mode, run_dir, type(e).__name__)
     except Interrupted as e:
         # Not a failure of this run, and the end of the sweep: SystemExit is not an Exception, so
         # Hydra's launcher does not record it and go on to the next job; the process exits.
@@ -82,10 +89,11 @@ def _run(cfg: DictConfig) -> float | None:
     return final.get("val/nll")  # the value a Hydra sweeper would minimise
 
 
-def _fail(message: str, mode: RunMode | None, failed_dir: Path | None = None) -> NoReturn:
+def _fail(message: str, mode: RunMode | None, failed_dir: Path | None = None, kind: str = "ConfigError") -> NoReturn:
     """One line on stderr. A single run exits here (status 2) so Hydra adds nothing around the
     line; a sweep job records failed.json (for the report) and raises, so the launcher notes the
-    failure, runs the remaining jobs and exits non-zero at the end."""
+    failure, runs the remaining jobs and exits non-zero at the end. `kind` is failed.json's "type":
+    the exception's class (ConfigError, CheckpointError)."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1" and sys.exc_info()[1] is not None:
         raise  # --debug: the exception being handled, with its full traceback
     if mode != RunMode.MULTIRUN:
@@ -93,9 +101,9 @@ def _fail(message: str, mode: RunMode | None, failed_dir: Path | None = None) ->
         sys.exit(2)
     if (failed_dir is not None and failed_dir.is_dir() and not (failed_dir / "failed.json").exists()
             and not (failed_dir / "final.json").exists()):  # never mark a finished run as failed
-        from ls_bench.logs import write_json
+        from ls_bench.files import write_json
 
-        write_json(failed_dir / "failed.json", {"reason": message, "type": "ConfigError"})
+        write_json(failed_dir / "failed.json", {"reason": message, "type": kind})
     raise UserError(message)
 
 

@@ -2,7 +2,9 @@
 
 YAML files under configs/ hold values; these dataclasses hold the types, so an override
 with a misspelt key or a wrong type fails when Hydra composes the config, before training.
-`validate` adds the range checks a type cannot express. This module does not import hydra.
+`validate` adds the range checks a type cannot express; names that registries define (data.name,
+model.name, loss.name) are checked by their registries (data, models, losses) in train.setup,
+before the data loads. This module imports neither hydra nor any other ls-bench module but errors.
 """
 
 from __future__ import annotations
@@ -11,20 +13,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, List, Optional
 
-
-class ConfigError(ValueError):
-    """A user mistake in the config or the data it points at; printed as one line, no traceback."""
-
-
-def first_line(e: BaseException) -> str:
-    """An exception's message cut to its first line (or its type's name): for one-line errors."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def bad(key: str, value: Any, allowed: str) -> ConfigError:
-    """The one-line error format: the field, the value, what is allowed."""
-    return ConfigError(f"{key}={value!r} is invalid: {allowed}")
+from ls_bench.errors import bad
 
 
 @dataclass
@@ -172,16 +161,9 @@ def _unknown_fields(obj: Any, prefix: str = "") -> list[tuple[str, Any, list[str
 
 def validate(cfg: Config) -> None:
     """Range and name checks that need no data; data-dependent checks live where the data is."""
-    from ls_bench.data import DATASETS
-    from ls_bench.losses import check_loss
-    from ls_bench.models import MODELS
-
     for key, value, known in _unknown_fields(cfg)[:1]:
         raise bad(key, value, f"not a field of the schema; known here: {', '.join(known)}")
     d, lo, o, s, t = cfg.data, cfg.loss, cfg.optim, cfg.sched, cfg.trainer
-    _check(d.name in DATASETS, "data.name", d.name, f"one of {sorted(DATASETS)}")
-    _check(cfg.model.name in MODELS, "model.name", cfg.model.name, f"one of {sorted(MODELS)}")
-    check_loss(lo)  # name, prior / class-weight syntax; the checks that need K run in make_criterion
     _check(_finite(lo.epsilon) and 0 <= lo.epsilon < 1, "loss.epsilon", lo.epsilon, "must be in [0, 1)")
     _check(_finite(lo.gamma) and lo.gamma >= 0, "loss.gamma", lo.gamma, "must be >= 0")
     _check(_finite(lo.beta) and lo.beta >= 0, "loss.beta", lo.beta, "must be >= 0")

@@ -7,7 +7,6 @@ flip) and normalisation are batched tensor ops. No PIL, no DataLoader, no per-sa
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -20,7 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ls_bench.config import ConfigError, DataConfig, bad, first_line
+from ls_bench.config import DataConfig
+from ls_bench.errors import ConfigError, bad, first_line
+from ls_bench.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -242,19 +243,15 @@ def _cached_decode(cfg: DataConfig, split: str, files: list[tuple[str, int]], ro
     if x is not None:
         return Split(x, labels)
     x = _decode([p for p, _ in files])
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        torch.save({"x": x, "y": labels, "crc32": _checksum(x)}, tmp)
-        os.replace(tmp, path)  # atomic: a reader never sees half a cache file
+        # Atomic: a reader never sees half a cache file. No fsync: a lost cache only costs a decode.
+        atomic_write(path, lambda tmp: torch.save({"x": x, "y": labels, "crc32": _checksum(x)}, tmp), fsync=False)
         for old in folder.glob(f"imagefolder-{split}-{root_key}-*.pt"):
             if old != path:  # the same folder before a change: never read again
                 old.unlink(missing_ok=True)
     except OSError:
-        pass  # a read-only cache only costs speed
-    finally:
-        with contextlib.suppress(OSError):  # cache_dir may be a file: NotADirectoryError
-            tmp.unlink(missing_ok=True)
+        pass  # a read-only cache (or cache_dir a file) only costs speed
     return Split(x, labels)
 
 
@@ -379,10 +376,14 @@ def corrupt_labels(y: Tensor, num_classes: int, rate: float, kind: str, seed: in
     return noisy, flip.nonzero().squeeze(1)
 
 
+def check_dataset(name: str) -> None:
+    if name not in DATASETS:
+        raise bad("data.name", name, f"one of {sorted(DATASETS)}")
+
+
 def load_dataset(cfg: DataConfig, noise_seed: int = 0) -> Dataset:
     """Load `cfg.name`, carve val (and test, for digits) out of train, subset, corrupt labels."""
-    if cfg.name not in DATASETS:
-        raise bad("data.name", cfg.name, f"one of {sorted(DATASETS)}")
+    check_dataset(cfg.name)
     train, test, classes = DATASETS[cfg.name](cfg)
     if cfg.classes is not None:
         unknown = [c for c in cfg.classes if not 0 <= c < len(classes)]
@@ -415,6 +416,8 @@ def load_dataset(cfg: DataConfig, noise_seed: int = 0) -> Dataset:
         log.info("label noise: %s, rate %.3g requested, %d of %d training labels flipped (realised rate %.4f); "
                  "val and test stay clean", cfg.label_noise.kind, cfg.label_noise.rate, len(noisy_idx), len(train),
                  len(noisy_idx) / max(1, len(train)))
+    if len(train) < 1:
+        raise bad("data.train_size", cfg.train_size, "leaves no training images")
     mean, std = channel_stats(train.x)
     return Dataset(train, val, test, classes, mean, std, cfg.augment, noisy_idx, clean)
 

@@ -13,38 +13,13 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Iterator
 
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file in the same directory, fsync, rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:  # name the file being written, not its temporary
-        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
-    finally:
-        with contextlib.suppress(OSError):  # cleanup must not hide the write error itself
-            tmp.unlink(missing_ok=True)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
-
-
-def _jsonable(x: Any) -> Any:
-    if hasattr(x, "tolist"):
-        return x.tolist()
-    return str(x)
+from ls_bench.files import atomic_write_text
 
 
 def _finite_or_none(v: Any) -> Any:
@@ -95,15 +70,6 @@ class RunLogger:
 
     def close(self) -> None:
         self.writer.close()
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object file such as run_info.json; {} if it is missing, unreadable or not an object."""
-    try:
-        out = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return out if isinstance(out, dict) else {}
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -1,4 +1,12 @@
-"""Training losses, all over one soft-target machinery.
+"""Training losses, all over one soft-target machinery: build a target distribution q per
+sample, then one soft cross-entropy, plus optional logit terms.
+
+    target builders  (x, y, g) -> (x, q): smoothing with any prior (`Smoothed`), stochastic
+                     flipping (`Flipped`); mixing and a teacher compose after them
+    soft CE          -Σ_k w_k q_k log p_k (focal: its (1 - p_k)^γ-modulated form)
+    logit terms      per-sample penalties added to it (the confidence penalty)
+    the batch mean   Σ_i per_i / Σ_i w_{y_i}  (the plain mean without class weights)
+Binary LS on one sigmoid output stays its own exact path (`binary_cross_entropy_with_logits`).
 
 Label smoothing (Szegedy et al. 2016; Müller, Kornblith & Hinton 2019) replaces the one-hot
 target p by p' = (1-ε)·p + ε·u and trains with the soft cross-entropy
@@ -18,15 +26,15 @@ does, is a bug: it is not PyTorch's loss and it changes the balance of the two t
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ls_bench.config import ConfigError, LossConfig, bad
+from ls_bench.config import LossConfig
+from ls_bench.errors import ConfigError, bad
 
 LOSSES = ("label_smoothing", "label_flip", "focal", "confidence_penalty", "binary")
 PRIORS = ("uniform", "others", "class_prior")
@@ -121,7 +129,7 @@ def class_weight_vector(weights: Any, num_classes: int, class_counts: Tensor) ->
 def smooth_targets(labels: Tensor, num_classes: int, epsilon: float, prior: Tensor | None) -> Tensor:
     """p' = (1-ε)·onehot(y) + ε·u, [B, K]; prior None means `others`: u = (1-onehot)/(K-1)."""
     onehot = F.one_hot(labels, num_classes).float()
-    u = (1 - onehot) / (num_classes - 1) if prior is None else prior.to(onehot.device).expand_as(onehot)
+    u = (1 - onehot) / (num_classes - 1) if prior is None else prior.expand_as(onehot)
     return (1 - epsilon) * onehot + epsilon * u
 
 
@@ -138,73 +146,154 @@ def as_multiclass(logits: Tensor) -> Tensor:
     return torch.cat([torch.zeros_like(logits), logits], dim=1) if logits.shape[1] == 1 else logits
 
 
-@dataclass
-class Criterion:
-    """The configured training loss: call it on (logits, labels, generator)."""
+# --- target builders: (x, y, g) -> (x, q) --------------------------------------------------------
 
-    name: str
+
+@dataclass(frozen=True)
+class Smoothed:
+    """Label smoothing: q = p' = (1-ε)·onehot(y) + ε·u (ε = 0: one-hot)."""
+
     num_classes: int
     epsilon: float
-    prior: Tensor | None  # [K]; None is the `others` prior (and the binary convention)
-    weight: Tensor | None  # [K] class weights
-    gamma: float
-    beta: float
+    prior: Tensor | None  # [K] on the run's device; None is the `others` prior
 
-    @property
-    def num_outputs(self) -> int:
-        return 1 if self.name == "binary" else self.num_classes
-
-    def targets(self, labels: Tensor) -> Tensor:
-        """The (expected) soft target p' per sample, [B, K]; for label_flip it is E[onehot(ỹ)]."""
+    def expected(self, labels: Tensor) -> Tensor:
+        """The (expected) target per sample, [B, K]."""
         return smooth_targets(labels, self.num_classes, self.epsilon, self.prior)
 
+    def __call__(self, x: Tensor, labels: Tensor, g: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        return x, self.expected(labels)
+
+    def to(self, device: torch.device) -> "Smoothed":
+        return replace(self, prior=None if self.prior is None else self.prior.to(device))
+
+
+@dataclass(frozen=True)
+class Flipped(Smoothed):
+    """Stochastic label flipping: q = onehot(ỹ), ỹ a draw from u with probability ε, else y.
+    E[onehot(ỹ)] = p', so the expected loss is the label-smoothing loss with the same u and ε."""
+
     def flip(self, labels: Tensor, g: torch.Generator) -> Tensor:
-        """Stochastic label flipping: ỹ = a draw from u with probability ε, else y. E[onehot(ỹ)] = p'."""
         # Both draws are made whatever ε is, so one seed gives nested flips across ε (paired runs).
         mask = torch.rand(labels.shape, generator=g, device=g.device).to(labels.device) < self.epsilon
         return torch.where(mask, sample_prior(labels, self.num_classes, self.prior, g), labels)
 
-    def __call__(self, logits: Tensor, labels: Tensor, g: torch.Generator | None = None) -> Tensor:
-        """The batch loss; logits [B, K] ([B, 1] for binary), labels [B] int64."""
-        if self.name == "binary":
-            # Binary LS, label-noise convention: y' = (1-ε)y + ε(1-y), one sigmoid output z.
-            # Equals K = 2 softmax LS on logits [0, z] with prior `others` at ε, i.e. uniform at 2ε.
-            y = labels.float()
-            return F.binary_cross_entropy_with_logits(logits.float().squeeze(1), (1 - self.epsilon) * y
-                                                      + self.epsilon * (1 - y))
-        if self.name == "label_flip":
-            assert g is not None, "label_flip needs a generator"
-            t = F.one_hot(self.flip(labels, g), self.num_classes).float()
-        else:
-            t = self.targets(labels)
+    def __call__(self, x: Tensor, labels: Tensor, g: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        assert g is not None, "label_flip needs a generator"
+        return x, F.one_hot(self.flip(labels, g), self.num_classes).float()
+
+
+# --- the soft cross-entropy and the logit terms ---------------------------------------------------
+
+
+def soft_ce_per_sample(logq: Tensor, q: Tensor, weight: Tensor | None = None, gamma: float = 0.0) -> Tensor:
+    """-Σ_k w_k q_k (1 - p_k)^γ log p_k per sample, [B]; γ = 0 is the soft cross-entropy.
+
+    Class weights scale every term of the target, both LS terms included (PyTorch's convention).
+    Focal loss (Lin et al. 2017, eq. 4 without α) is γ > 0: 1 - p as -expm1(log p) (exact near
+    p = 1), floored, since d(x^γ)/dx is infinite at x = 0 for γ < 1 and a confidently right
+    sample (p = 1 in float32) would make the gradient NaN.
+    """
+    wq = q if weight is None else q * weight
+    if gamma:
+        return -(wq * (-torch.expm1(logq)).clamp_min(1e-12).pow(gamma) * logq).sum(1)
+    return -(wq * logq).sum(1)
+
+
+def batch_mean(per: Tensor, labels: Tensor, weight: Tensor | None) -> Tensor:
+    """Σ_i per_i / Σ_i w_{y_i} (the plain mean without weights). The denominator uses the *given*
+    labels, also for label_flip: then E_flip[loss] equals the weighted LS loss exactly
+    (F.cross_entropy(weight=w) on ỹ would divide by Σ w_ỹ, a biased ratio)."""
+    return per.mean() if weight is None else per.sum() / weight[labels].sum()
+
+
+def soft_cross_entropy(logits: Tensor, q: Tensor, labels: Tensor | None = None,
+                       weight: Tensor | None = None) -> Tensor:
+    """The batch loss -Σ_i Σ_k w_k q_ik log p_ik / Σ_i w_{y_i}; labels are needed with weights."""
+    per = soft_ce_per_sample(F.log_softmax(logits.float(), dim=1), q, weight)
+    return batch_mean(per, labels, weight) if weight is not None else per.mean()
+
+
+@dataclass(frozen=True)
+class ConfidencePenalty:
+    """Pereyra et al. 2017, eq. 2: CE - β·H(q), H(q) = -Σ_k q_k log q_k; with class weights the
+    penalty of sample i is weighted by w_{y_i}, like its cross-entropy."""
+
+    beta: float
+
+    def __call__(self, logits: Tensor, logq: Tensor, labels: Tensor, weight: Tensor | None) -> Tensor:
+        neg_entropy = (logq.exp() * logq).sum(1)
+        return self.beta * (neg_entropy if weight is None else neg_entropy * weight[labels])
+
+
+# --- the configured loss ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """The training loss of a run, assembled once from the config (make_criterion).
+
+    A training step calls `x, q = criterion.targets(x, y, g)`, runs the model on x, then
+    `criterion.loss(logits, q, y)`; `criterion(logits, y, g)` does both for an unmixed batch.
+    """
+
+    num_classes: int
+    target: Smoothed  # the target builder (Smoothed or Flipped)
+    weight: Tensor | None = None  # [K] class weights
+    gamma: float = 0.0  # focal exponent (0: cross-entropy)
+    penalties: tuple[Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor], ...] = ()
+    binary: bool = False  # one sigmoid output, binary LS
+
+    @property
+    def num_outputs(self) -> int:
+        return 1 if self.binary else self.num_classes
+
+    @property
+    def epsilon(self) -> float:
+        return self.target.epsilon
+
+    def expected_target(self, labels: Tensor) -> Tensor:
+        """The (expected) soft target p' per sample, [B, K]; for label_flip it is E[onehot(ỹ)]."""
+        return self.target.expected(labels)
+
+    def targets(self, x: Tensor, labels: Tensor, g: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """(the model's input, the target distribution q [B, K]) of a batch."""
+        return self.target(x, labels, g)
+
+    def loss(self, logits: Tensor, q: Tensor, labels: Tensor) -> Tensor:
+        """The batch loss; logits [B, K] ([B, 1] for binary), q [B, K], labels [B] int64."""
+        if self.binary:
+            # Binary LS, label-noise convention: y' = (1-ε)y + ε(1-y) = q[:, 1] (prior `others` at
+            # K = 2), one sigmoid output z; equals softmax LS on logits [0, z] at uniform 2ε.
+            return F.binary_cross_entropy_with_logits(logits.float().squeeze(1), q[:, 1])
         logq = F.log_softmax(logits.float(), dim=1)
-        w = self.weight.to(logits.device) if self.weight is not None else None
-        wt = t if w is None else t * w  # class weights scale every term of the target, both LS terms included
-        if self.name == "focal":
-            # Focal loss (Lin et al. 2017, eq. 4 without α): -Σ_k t_k (1 - q_k)^γ log q_k; γ = 0 is (smoothed) CE.
-            # 1 - q as -expm1(log q) (exact near q = 1), floored: d(x^γ)/dx is infinite at x = 0 for
-            # γ < 1, and a confidently right sample (q = 1 in float32) would make the gradient NaN.
-            per = -(wt * (-torch.expm1(logq)).clamp_min(1e-12).pow(self.gamma) * logq).sum(1)
-        else:
-            per = -(wt * logq).sum(1)
-        if self.name == "confidence_penalty":
-            # Confidence penalty (Pereyra et al. 2017, eq. 2): CE - β·H(q), H(q) = -Σ_k q_k log q_k;
-            # with class weights the penalty of sample i is weighted by w_{y_i} like its CE.
-            neg_entropy = (logq.exp() * logq).sum(1)
-            per = per + self.beta * (neg_entropy if w is None else neg_entropy * w[labels])
-        # The denominator uses the *given* labels, also for label_flip: then E_flip[loss] equals the
-        # weighted LS loss exactly (F.cross_entropy(weight=w) on ỹ would divide by Σ w_ỹ, a biased ratio).
-        return per.mean() if w is None else per.sum() / w[labels].sum()
+        per = soft_ce_per_sample(logq, q, self.weight, self.gamma)
+        for term in self.penalties:
+            per = per + term(logits, logq, labels, self.weight)
+        return batch_mean(per, labels, self.weight)
+
+    def __call__(self, logits: Tensor, labels: Tensor, g: torch.Generator | None = None) -> Tensor:
+        """The loss of an unmixed batch: targets from the labels, then the loss."""
+        _, q = self.targets(logits, labels, g)
+        return self.loss(logits, q, labels)
+
+    def to(self, device: torch.device) -> "Criterion":
+        """Every constant tensor on `device`, once (a per-step copy would wait for the GPU's queue)."""
+        return replace(self, target=self.target.to(device),
+                       weight=None if self.weight is None else self.weight.to(device))
 
 
 def make_criterion(cfg: LossConfig, num_classes: int, class_counts: Tensor) -> Criterion:
-    """Build and check the loss for a dataset with `num_classes` classes; errors are one line."""
+    """Build and check the loss for a dataset with `num_classes` classes; errors are one line.
+    The ranges that need no data (ε, γ, β) are checked once, in config.validate."""
     check_loss(cfg)
     if cfg.name == "binary" and num_classes != 2:
         raise ConfigError(f"loss.name='binary' needs 2 classes but the data has {num_classes}; "
                           f"pick two with data.classes=[a,b]")
     prior = prior_vector(cfg.prior, num_classes, class_counts)
     weight = class_weight_vector(cfg.class_weights, num_classes, class_counts)
-    if not (math.isfinite(cfg.epsilon) and 0 <= cfg.epsilon < 1):
-        raise bad("loss.epsilon", cfg.epsilon, "must be in [0, 1)")
-    return Criterion(cfg.name, num_classes, float(cfg.epsilon), prior, weight, float(cfg.gamma), float(cfg.beta))
+    builder = Flipped if cfg.name == "label_flip" else Smoothed
+    return Criterion(num_classes, builder(num_classes, float(cfg.epsilon), prior), weight,
+                     gamma=float(cfg.gamma) if cfg.name == "focal" else 0.0,
+                     penalties=(ConfidencePenalty(float(cfg.beta)),) if cfg.name == "confidence_penalty" else (),
+                     binary=cfg.name == "binary")

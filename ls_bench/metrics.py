@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ls_bench.config import bad
+from ls_bench.errors import bad
 
 
 def check_inputs(logits: Tensor, labels: Tensor) -> None:

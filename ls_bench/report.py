@@ -6,10 +6,11 @@ diagrams); never the TensorBoard event files.
 
 Runs are grouped by their whole resolved config except the seeds (`seed`, `seeds.*`) and the keys
 in NOT_COMPUTED, so a group is "one setting, several seeds". Per group and metric: mean, sample std
-and the 95% confidence half-width t(0.975, n-1)·s/√n (Student t). For every ε > 0, the paired
-difference to ε = 0: runs that differ only in `loss.epsilon` (same seed, so the same initial weights
-and batches) are subtracted seed by seed, and the mean ± 95% CI of those differences is reported;
-pairing removes the seed-to-seed variance that both runs share.
+and the 95% confidence half-width t(0.975, n-1)·s/√n (Student t). Every group is also compared with
+its baseline (`--baseline KEY=VALUE`, default `loss.epsilon=0`): the run that differs from it only in
+KEY and has KEY = VALUE, on the same seed (so the same initial weights and batches), is subtracted
+seed by seed, and the mean ± 95% CI of those differences is reported; pairing removes the
+seed-to-seed variance that both runs share.
 """
 
 from __future__ import annotations
@@ -35,45 +36,38 @@ METRICS = ("test/acc", "test/nll", "test/ece", "test/adaece", "test/brier", "tes
 PLOT_METRICS = ("test/acc", "test/nll", "test/ece", "test_ts/ece")
 CURVES = ("train/loss", "train/acc", "val/acc")  # per-epoch keys of metrics.jsonl for training_curves.png
 EPS = "loss.epsilon"
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What the paired differences are taken against: the run with `key` = `value`."""
+
+    key: str = EPS
+    value: Any = 0
+
+    @property
+    def label(self) -> str:
+        return "ε = 0" if (self.key, canonical(self.value)) == (EPS, canonical(0)) else f"{self.key}={_label(self.value)}"
+
+    def matches(self, config: dict[str, Any]) -> bool:
+        return self.key in config and canonical(config[self.key]) == canonical(self.value)
+
+
+def parse_baseline(text: str, runs: Sequence["Run"]) -> Baseline:
+    """`KEY=VALUE` (VALUE in YAML: 0, 0.1, none, [1,2]); a config group may be named for its `.name`
+    key (`mix=none` is `mix.name=none`). A KEY no run has is an error naming the keys that vary."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ValueError(f"--baseline {text!r}: expected KEY=VALUE, e.g. loss.epsilon=0 or loss=label_smoothing")
+    keys = {k for r in runs for k in r.config}
+    if key not in keys and f"{key}.name" in keys:
+        key = f"{key}.name"
+    if key not in keys:
+        raise ValueError(f"--baseline: {key!r} is not a config key of these runs; keys that vary: "
+                         f"{', '.join(varying_keys(runs)) or 'none'}")
+    return Baseline(key, yaml.safe_load(value))
 LEVEL = 0.95  # confidence level of every interval in the report
-
-
-# --- Student t quantile (scipy is not a dependency) --------------------------------------------
-
-
-def t_cdf(t: float, df: int) -> float:
-    """P(T <= t), T ~ Student t with integer df >= 1: the finite series of Abramowitz & Stegun
-    26.7.3 (odd df) and 26.7.4 (even df) in θ = atan(t/√df), exact up to rounding."""
-    theta = math.atan(t / math.sqrt(df))
-    s, c, c2 = math.sin(theta), math.cos(theta), math.cos(theta) ** 2
-    if df % 2:  # A = (2/π)[θ + sinθ(cosθ + (2/3)cos³θ + ... + (2·4···(df-3))/(1·3···(df-2)) cos^(df-2)θ)]
-        term, total = c, 0.0
-        for j in range(1, (df - 1) // 2 + 1):
-            total += term
-            term *= c2 * (2 * j) / (2 * j + 1)
-        a = 2 / math.pi * (theta + s * total)
-    else:  # A = sinθ[1 + (1/2)cos²θ + (1·3)/(2·4)cos⁴θ + ... + (1·3···(df-3))/(2·4···(df-2)) cos^(df-2)θ]
-        term, total = 1.0, 0.0
-        for j in range(1, df // 2 + 1):
-            total += term
-            term *= c2 * (2 * j - 1) / (2 * j)
-        a = s * total
-    return 0.5 + 0.5 * a  # A(t|df) = P(|T| <= t), signed with t through θ
-
-
-def t_quantile(p: float, df: int) -> float:
-    """The p-quantile of Student t with integer df, by bisection on t_cdf (|error| < 1e-10)."""
-    if not 0 < p < 1 or df < 1:
-        raise ValueError(f"t_quantile needs 0 < p < 1 and df >= 1; got p={p}, df={df}")
-    if p < 0.5:
-        return -t_quantile(1 - p, df)
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, df) < p:
-        lo, hi = hi, 2 * hi
-    while hi - lo > 1e-10 * max(1.0, hi):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
-    return 0.5 * (lo + hi)
 
 
 @dataclass
@@ -92,7 +86,9 @@ def summarize(values: Sequence[float]) -> Stats:
     if n == 1:
         return Stats(1, mean, None, None)
     std = statistics.stdev(values)
-    return Stats(n, mean, std, t_quantile(0.5 + LEVEL / 2, n - 1) * std / math.sqrt(n))
+    from scipy.stats import t as student_t
+
+    return Stats(n, mean, std, float(student_t.ppf(0.5 + LEVEL / 2, n - 1)) * std / math.sqrt(n))
 
 
 # --- reading a sweep ----------------------------------------------------------------------------
@@ -123,7 +119,8 @@ def canonical(v: Any) -> str:
 
 
 def read_run(job_dir: Path) -> Run:
-    from ls_bench.logs import read_json, read_jsonl
+    from ls_bench.files import read_json
+    from ls_bench.logs import read_jsonl
 
     # The config the run recorded when it started, if it did: Hydra rewrites .hydra/config.yaml at
     # every launch, even one that fit() then refuses because the folder holds another config's run.
@@ -196,7 +193,7 @@ class Group:
     labels: dict[str, Any]  # the varying config keys and their values in this group
     runs: list[Run]  # all of its runs, whatever their status
     stats: dict[str, Stats] = field(default_factory=dict)
-    diffs: dict[str, Stats] = field(default_factory=dict)  # paired difference to ε = 0, same seed
+    diffs: dict[str, Stats] = field(default_factory=dict)  # paired difference to the baseline, same seed
 
     @property
     def done(self) -> list[Run]:
@@ -209,14 +206,14 @@ def setting_key(config: dict[str, Any], drop: Iterable[str] = ()) -> tuple[tuple
     return tuple(sorted((k, canonical(v)) for k, v in config.items() if k not in skip))
 
 
-def varying_keys(runs: Sequence[Run]) -> list[str]:
-    """Config keys (not seeds, not ignored) that take more than one value; loss.epsilon always."""
+def varying_keys(runs: Sequence[Run], always: Sequence[str] = (EPS,)) -> list[str]:
+    """Config keys (not seeds, not ignored) that take more than one value, then `always`."""
     keys: list[str] = []
     for r in runs:
         keys += [k for k in r.config if k not in keys]
     out = [k for k in keys if k not in NOT_COMPUTED and not is_seed_key(k)
            and len({canonical(r.config.get(k)) for r in runs}) > 1]
-    return [k for k in out if k != EPS] + [EPS]
+    return [k for k in out if k not in always] + list(dict.fromkeys(always))
 
 
 def _sort_key(values: Iterable[Any]) -> tuple:
@@ -224,21 +221,22 @@ def _sort_key(values: Iterable[Any]) -> tuple:
                  for v in values)
 
 
-def build_groups(runs: Sequence[Run], metrics: Sequence[str]) -> tuple[list[Group], list[str]]:
-    keys = varying_keys(runs)
+def build_groups(runs: Sequence[Run], metrics: Sequence[str],
+                 baseline: Baseline = Baseline()) -> tuple[list[Group], list[str]]:
+    keys = varying_keys(runs, always=(baseline.key, EPS))
     seeds = {k for r in runs for k in r.config if is_seed_key(k)}
     by_setting: dict[tuple, Group] = {}
     for r in runs:
         g = by_setting.setdefault(setting_key(r.config, seeds), Group({k: r.config.get(k) for k in keys}, []))
         g.runs.append(r)
-    # Baselines for the paired differences: the ε = 0 run of the same setting and the same seeds.
-    base = {setting_key(r.config, [EPS]): r for r in runs if r.status == "done" and r.config.get(EPS) == 0}
+    # Baselines for the paired differences: the run of the same setting and seeds with KEY = VALUE.
+    base = {setting_key(r.config, [baseline.key]): r for r in runs if r.status == "done" and baseline.matches(r.config)}
     for g in by_setting.values():
         for m in metrics:
             g.stats[m] = summarize([v for r in g.done if (v := r.value(m)) is not None])
-            if g.labels.get(EPS) == 0:
+            if baseline.matches(g.labels):
                 continue
-            pairs = [(r.value(m), b.value(m)) for r in g.done if (b := base.get(setting_key(r.config, [EPS])))]
+            pairs = [(r.value(m), b.value(m)) for r in g.done if (b := base.get(setting_key(r.config, [baseline.key])))]
             g.diffs[m] = summarize([a - b for a, b in pairs if a is not None and b is not None])
     groups = sorted(by_setting.values(), key=lambda g: _sort_key(g.labels.values()))
     return groups, keys
@@ -285,7 +283,7 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: "" if v is None else (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
-    from ls_bench.logs import atomic_write_text
+    from ls_bench.files import atomic_write_text
 
     atomic_write_text(path, buf.getvalue())
 
@@ -299,23 +297,24 @@ def mean_cell(s: Stats, with_ci: bool) -> str:
     return cell
 
 
-def diff_cell(d: Stats | None) -> str:
+def diff_cell(d: Stats | None, base_label: str = "ε = 0") -> str:
     if d is None:
-        return "(ε = 0)"
+        return f"({base_label})"
     if d.mean is None:
         return "–"
     return _num(d.mean, True) + (f" ± {_num(d.ci)}" if d.ci is not None else "")
 
 
-def tables(groups: Sequence[Group], keys: Sequence[str], metrics: Sequence[str],
-           with_ci: bool) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
+def tables(groups: Sequence[Group], keys: Sequence[str], metrics: Sequence[str], with_ci: bool,
+           base_label: str = "ε = 0") -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
     """(header, rows) of the mean table and of the paired-difference table."""
     head = [*keys, "n", *metrics]
     rows = [[*(_label(g.labels[k]) for k in keys), str(len(g.done)), *(mean_cell(g.stats[m], with_ci) for m in metrics)]
             for g in groups]
     dhead = [*keys, "pairs", *(f"Δ{m}" for m in metrics)]
     drows = [[*(_label(g.labels[k]) for k in keys), str(max((d.n for d in g.diffs.values()), default=0)),
-              *(diff_cell(g.diffs.get(m)) for m in metrics)] for g in groups if any(d.n for d in g.diffs.values())]
+              *(diff_cell(g.diffs.get(m), base_label) for m in metrics)] for g in groups
+             if any(d.n for d in g.diffs.values())]
     return head, rows, dhead, drows
 
 
@@ -379,7 +378,7 @@ def pooled_bins(runs: Sequence[Run], split: str = "test") -> tuple[dict[str, lis
     import numpy as np
     import torch
 
-    from ls_bench.metrics import calibration_bins, confidence_correct
+    from ls_bench.metrics import calibration_bins, confidence_correct, ece
 
     logits, labels = [], []
     for r in runs:
@@ -392,30 +391,14 @@ def pooled_bins(runs: Sequence[Run], split: str = "test") -> tuple[dict[str, lis
         return None
     conf, correct = confidence_correct(torch.cat(logits), torch.cat(labels))
     n_bins = int(runs[0].config.get("metrics.n_bins", 15))
-    bins = calibration_bins(conf, correct, n_bins)
-    n = sum(bins["count"])
-    ece = sum(c / n * abs(a - p) for a, p, c in zip(bins["acc"], bins["conf"], bins["count"]))
-    return bins, ece, len(logits)
-
-
-def draw_reliability(ax: Any, bins: dict[str, list[float]]) -> None:
-    """Bars: accuracy per equal-width confidence bin; red: the gap to the bin's mean confidence."""
-    m = len(bins["acc"])
-    centres = [(i + 0.5) / m for i in range(m)]
-    filled = [i for i in range(m) if bins["count"][i] > 0]
-    acc = [bins["acc"][i] for i in filled]
-    conf = [bins["conf"][i] for i in filled]
-    x = [centres[i] for i in filled]
-    ax.bar(x, acc, width=1 / m, color="tab:blue", edgecolor="black", linewidth=0.5, label="accuracy")
-    ax.bar(x, [c - a for a, c in zip(acc, conf)], bottom=acc, width=1 / m, fill=False, edgecolor="red",
-           hatch="///", linewidth=0.5, label="gap to confidence")
-    ax.plot([0, 1], [0, 1], "k--", linewidth=1)
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
+    return calibration_bins(conf, correct, n_bins), ece(conf, correct, n_bins), len(logits)
 
 
 def plot_reliability(groups: Sequence[Group], path: Path) -> bool:
     """Grid of reliability diagrams on the test split: a row per other setting, a column per ε."""
     from matplotlib.figure import Figure
+
+    from ls_bench.calibration import draw_reliability
 
     rows: dict[str, dict[float, Group]] = {}
     for g in groups:
@@ -434,7 +417,8 @@ def plot_reliability(groups: Sequence[Group], path: Path) -> bool:
                 ax.set_axis_off()
                 continue
             bins, ece, n = got
-            draw_reliability(ax, bins)
+            draw_reliability(ax, bins, counts=False)
+            ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
             ax.set_title(f"ε={e:g}: ECE {ece:.4f}\n{n} seed{'s' * (n > 1)} pooled", fontsize="small")
             if j == 0 and label:  # the row's setting, one key per line
                 ax.set_ylabel(label.replace(", ", "\n") + "\naccuracy", fontsize="small")
@@ -507,8 +491,8 @@ def choose_metrics(runs: Sequence[Run], wanted: Sequence[str] | None) -> list[st
     return list(dict.fromkeys(wanted))
 
 
-def report(sweep_dir: Path, plots: bool = True, out: Any = sys.stdout,
-           metrics: Sequence[str] | None = None, out_dir: Path | None = None) -> list[Group]:
+def report(sweep_dir: Path, plots: bool = True, out: Any = sys.stdout, metrics: Sequence[str] | None = None,
+           out_dir: Path | None = None, baseline: str = f"{EPS}=0") -> list[Group]:
     """Read, aggregate, print, and write summary.csv, summary.md and the plots into out_dir
     (default: sweep_dir). `metrics`: the final.json keys of the tables and plots (default:
     METRICS, as present)."""
@@ -517,7 +501,8 @@ def report(sweep_dir: Path, plots: bool = True, out: Any = sys.stdout,
         raise FileNotFoundError(f"no run directories (with .hydra/config.yaml) below {sweep_dir}")
     chosen = bool(metrics)
     metrics = choose_metrics(runs, metrics)
-    groups, keys = build_groups(runs, metrics)
+    base = parse_baseline(baseline, runs)
+    groups, keys = build_groups(runs, metrics, base)
     done = sum(r.status == "done" for r in runs)
     notes = problems(runs, sweep_dir)
 
@@ -525,12 +510,12 @@ def report(sweep_dir: Path, plots: bool = True, out: Any = sys.stdout,
     out_dir = out_dir or sweep_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv(out_dir / "summary.csv", csv_rows(groups, keys, metrics))
-    head, rows, dhead, drows = tables(groups, keys, metrics, with_ci=True)
+    head, rows, dhead, drows = tables(groups, keys, metrics, with_ci=True, base_label=base.label)
     md = [f"# Sweep summary: {sweep_dir.name}", "",
           f"{done} of {len(runs)} runs finished. Cells: mean ± std over seeds [{LEVEL:.0%} CI, Student t].", "",
           md_table(head, rows)]
     if drows:
-        md += ["", f"Paired difference to ε = 0 on the same seed: mean ± {LEVEL:.0%} CI half-width.", "",
+        md += ["", f"Paired difference to {base.label} on the same seed: mean ± {LEVEL:.0%} CI half-width.", "",
                md_table(dhead, drows)]
     if notes:
         md += ["", "## Unfinished runs", "", *(f"- {line}" for line in notes)]
@@ -543,16 +528,16 @@ def report(sweep_dir: Path, plots: bool = True, out: Any = sys.stdout,
         if plot_curves(groups, out_dir / "training_curves.png"):
             written.append("training_curves.png")
         md += ["", *(f"![{n}]({n})" for n in written[2:])]
-    from ls_bench.logs import atomic_write_text
+    from ls_bench.files import atomic_write_text
 
     atomic_write_text(out_dir / "summary.md", "\n".join(md) + "\n")
 
-    head, rows, dhead, drows = tables(groups, keys, metrics, with_ci=False)
+    head, rows, dhead, drows = tables(groups, keys, metrics, with_ci=False, base_label=base.label)
     print(f"{sweep_dir}: {done} of {len(runs)} runs finished, {len(groups)} settings; mean ± std over seeds",
           file=out)
     print(text_table(head, rows), file=out)
     if drows:
-        print(f"\npaired difference to ε = 0 on the same seed: mean ± {LEVEL:.0%} CI half-width", file=out)
+        print(f"\npaired difference to {base.label} on the same seed: mean ± {LEVEL:.0%} CI half-width", file=out)
         print(text_table(dhead, drows), file=out)
     for line in notes:
         print(line, file=out)
@@ -567,13 +552,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--metrics", type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
                         help="comma-separated final.json keys for the tables and the metrics plot, e.g. "
                              "test/acc,test/ece,test/conf,train/loss (default: " + ",".join(METRICS) + ")")
+    parser.add_argument("--baseline", default=f"{EPS}=0", metavar="KEY=VALUE",
+                        help="pair every run with the run of the same seed that differs only in KEY and has KEY=VALUE "
+                             "(default: loss.epsilon=0; e.g. mix=none, loss=label_smoothing, loss.kd_temperature=1)")
     parser.add_argument("--out", type=Path, help="write summary.csv, summary.md and the plots here instead of "
                                                  "into SWEEP_DIR (created if needed)")
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         parser.exit(2, f"ls-bench-report: error: {args.sweep_dir} is not a directory\n")
     try:
-        report(args.sweep_dir, plots=not args.no_plots, metrics=args.metrics, out_dir=args.out)
+        report(args.sweep_dir, plots=not args.no_plots, metrics=args.metrics, out_dir=args.out, baseline=args.baseline)
     except (FileNotFoundError, ValueError) as e:
         parser.exit(2, f"ls-bench-report: error: {e}\n")
     except BrokenPipeError:  # `| head` closed stdout; the files were written before printing

@@ -220,42 +220,45 @@ class LsBench:
     def __init__(self, name: str, train, test, mean, std, args, precision: str = "auto"):
         import torch
 
-        from ls_bench.config import LossConfig
-        from ls_bench.data import Normalize
+        from ls_bench.config import Config, LossConfig
+        from ls_bench.data import Dataset, Normalize
         from ls_bench.losses import make_criterion
+        from ls_bench.machine import resolve_precision
         from ls_bench.models import build_model
-        from ls_bench.train import autocast, resolve_precision
+        from ls_bench.train import Run
 
         device = torch.device("cpu")
         dtype = resolve_precision(precision, device)
         self.precision = prec_name(dtype)
-        self.criterion = make_criterion(LossConfig(epsilon=0.1), 10, torch.bincount(train.y, minlength=10))
+        criterion = make_criterion(LossConfig(epsilon=0.1), 10, torch.bincount(train.y, minlength=10))
         torch.manual_seed(0)
-        self.model = build_model(name, 3, 10, 32).to(memory_format=torch.channels_last)
-        self.norm = Normalize(mean, std, device, channels_last=True)
-        self.steps = len(train) // args.batch_size
-        self.opt, self.sched = optimizer_and_schedule(self.model, self.steps, args.epochs, args.lr)
-        self.scaler = torch.amp.GradScaler("cpu", enabled=False)
-        self.amp = autocast(device, dtype)
+        model = build_model(name, 3, 10, 32).to(memory_format=torch.channels_last)
+        steps = len(train) // args.batch_size
+        opt, sched = optimizer_and_schedule(model, steps, args.epochs, args.lr)
+        cfg = Config()
+        cfg.trainer.progress = False
+        ds = Dataset(train, test, test, [str(i) for i in range(10)], mean, std, augment=True)
+        self.run = Run(cfg, ds, criterion, model, model, opt, sched, torch.amp.GradScaler("cpu", enabled=False),
+                       Normalize(mean, std, device, channels_last=True), device, dtype, {}, steps, None)
         self.train, self.test, self.batch_size, self.n = train, test, args.batch_size, 0
-        self.images = self.steps * args.batch_size
+        self.images = steps * args.batch_size
 
     def epoch(self) -> float:
         import torch
 
         from ls_bench.data import train_batches
-        from ls_bench.train import derive_seed, train_one_epoch
+        from ls_bench.seeds import derive_seed
+        from ls_bench.train import train_one_epoch
 
-        batches = train_batches(self.train, self.batch_size, derive_seed(0, f"epoch{self.n}"), True, self.norm)
-        m = train_one_epoch(self.model, batches, self.criterion, self.opt, self.sched, self.amp, self.scaler,
-                            torch.Generator().manual_seed(self.n), self.steps, False, f"epoch {self.n + 1}")
+        batches = train_batches(self.train, self.batch_size, derive_seed(0, f"epoch{self.n}"), True, self.run.norm)
+        m = train_one_epoch(self.run, batches, torch.Generator().manual_seed(self.n), f"epoch {self.n + 1}")
         self.n += 1
         return m["train/loss"]
 
     def accuracy(self) -> float:
         from ls_bench.train import predict
 
-        logits = predict(self.model, self.test, 1000, self.norm, self.amp)
+        logits = predict(self.run.model, self.test, 1000, self.run.norm, self.run.amp())
         return float((logits.argmax(1) == self.test.y).float().mean())
 
 
@@ -267,7 +270,7 @@ def path_worker(kind: str, name: str, args, conn) -> None:
     does not. In one shared process the reference would get ls-bench's allocator too, and the
     comparison would no longer be with the loop a user writes.
     """
-    from ls_bench.train import set_threads, tune_allocator
+    from ls_bench.machine import set_threads, tune_allocator
 
     set_threads(0)
     if kind != "reference":
@@ -486,7 +489,7 @@ def main() -> None:
 
     import torch
 
-    from ls_bench.train import resolve_precision, set_threads
+    from ls_bench.machine import resolve_precision, set_threads
 
     threads = set_threads(0)
     lowp = resolve_precision("auto", torch.device("cpu"))

@@ -16,7 +16,8 @@ from torch import nn
 from conftest import TINY, make_config
 from ls_bench import calibration as cal
 from ls_bench.calibration import T_MAX, T_MIN, fit_temperature
-from ls_bench.config import ConfigError, LossConfig
+from ls_bench.config import LossConfig
+from ls_bench.errors import ConfigError
 from ls_bench.logs import RunLogger
 from ls_bench.losses import make_criterion
 from ls_bench.metrics import calibration_bins, compute_metrics
@@ -213,7 +214,7 @@ def test_figures_leave_no_pyplot_state_and_png_matches_the_canvas(tmp_path: Path
 
     z, y = sampled(300, 10, 2.0, seed=5)
     logger = RunLogger(tmp_path)
-    names = cal.write_figures(logger, tmp_path, z, y, 15, 2.0)
+    names = cal.write_figures(logger, tmp_path, cal.SplitFigures(z, y, 15, 2.0))
     logger.close()
     assert plt.get_fignums() == []
     assert names == ["reliability_test.png", "confidence_hist.png", "reliability_test_ts.png"]

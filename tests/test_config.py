@@ -7,7 +7,8 @@ from hydra.errors import ConfigCompositionException
 
 from conftest import make_config
 from ls_bench.cli import CONFIG_DIR
-from ls_bench.config import Config, ConfigError
+from ls_bench.config import Config
+from ls_bench.errors import ConfigError
 
 GROUPS = ["data", "model", "loss", "optim", "sched", "trainer", "experiment"]
 

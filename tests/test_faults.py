@@ -19,12 +19,15 @@ from pathlib import Path
 import pytest
 import torch
 
+import ls_bench.files as files
 import ls_bench.logs as logs
 import ls_bench.train as train
 from conftest import REPO, make_config, run_cli
 from ls_bench.cli import acquire_lock, release_lock
 from ls_bench.logs import read_jsonl
-from ls_bench.train import RunFailed, fit, load_checkpoint
+from ls_bench.checkpoint import load_checkpoint
+from ls_bench.errors import RunFailed
+from ls_bench.train import fit
 from test_bad_input import run_forked
 
 # Digits cut to 192 training images: 3 steps of 64 per epoch, so a fault test costs seconds.
@@ -117,7 +120,8 @@ def test_disk_full_on_a_run_file_stops_the_run_and_the_rerun_finishes_it_the_sam
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file))
         return real_open(file, mode, *args, **kwargs)
 
-    monkeypatch.setattr(logs, "open", disk_full, raising=False)  # the module's writes, nothing else
+    for module in (logs, files):  # these modules' writes (metrics.jsonl appends, atomic rewrites), nothing else
+        monkeypatch.setattr(module, "open", disk_full, raising=False)
     cfg, run = make_config(*TWO), tmp_path / "run"
     with pytest.raises(RunFailed) as failure:
         fit(cfg, run)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ls_bench.config import ConfigError, DataConfig, LabelNoiseConfig
+from ls_bench.config import DataConfig, LabelNoiseConfig
+from ls_bench.errors import ConfigError
 from ls_bench.data import CIFAR10_ASYM, Split, _select_classes, corrupt_labels, load_dataset
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

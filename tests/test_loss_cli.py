@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import TINY, make_config, run_cli
-from ls_bench.config import ConfigError
+from ls_bench.errors import ConfigError
 from ls_bench.train import fit, setup
 
 # One thread: on a shared 2-core machine thread contention, not compute, dominates a 1-epoch run.
@@ -47,7 +47,7 @@ def test_loss_options_run(tmp_path, caplog, overrides, target) -> None:
 
 def test_class_prior_target_is_the_training_frequency(tmp_path, caplog) -> None:
     _, logged = run(tmp_path, caplog, "loss.epsilon=0.5", "loss.prior=class_prior")
-    ds, _, _ = setup(make_config(*SMALL))
+    ds = setup(make_config(*SMALL)).ds
     freq = (torch.bincount(ds.train.y, minlength=10) / len(ds.train)).tolist()
     expected = [0.5 * f for f in freq]
     expected[0] += 0.5
@@ -84,13 +84,13 @@ def test_label_noise_is_fixed_by_its_seed_whatever_epsilon(tmp_path, caplog) -> 
         assert f["train_noisy/acc_noisy_label"] + f["train_noisy/acc_true_label"] <= 1
     assert any("label noise: symmetric" in r.getMessage() for r in caplog.records)
     # the noise seed alone decides: another top-level seed, same noise seed, same flips
-    ds_a, _, _ = setup(make_config(*SMALL, *noise, "seed=1"))
+    ds_a = setup(make_config(*SMALL, *noise, "seed=1")).ds
     assert np.array_equal(ds_a.noisy_idx.numpy(), idx[0])
 
 
 def test_asymmetric_label_noise_runs(tmp_path, caplog) -> None:
     final, _ = run(tmp_path, caplog, "data.label_noise.rate=0.2", "data.label_noise.kind=asymmetric")
-    ds, _, _ = setup(make_config(*SMALL, "data.label_noise.rate=0.2", "data.label_noise.kind=asymmetric"))
+    ds = setup(make_config(*SMALL, "data.label_noise.rate=0.2", "data.label_noise.kind=asymmetric")).ds
     idx = ds.noisy_idx
     assert np.array_equal(np.load(tmp_path / "noisy_indices.npy"), idx.numpy())
     assert torch.equal(ds.train.y[idx], (ds.clean_train_y[idx] + 1) % 10)  # digits: cyclic k -> k+1

@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ls_bench.config import ConfigError, LossConfig
+from ls_bench.config import LossConfig
+from ls_bench.errors import ConfigError
 from ls_bench.losses import (as_multiclass, check_loss, class_weight_vector, make_criterion, prior_vector,
                              smooth_targets)
 
@@ -158,7 +159,7 @@ def test_binary_ls_hand_formula_and_softmax_mapping() -> None:
         assert ours.item() == pytest.approx(hand.item(), rel=1e-5)
         softmax_uniform = F.cross_entropy(as_multiclass(z), y, label_smoothing=2 * eps)
         assert ours.item() == pytest.approx(softmax_uniform.item(), rel=1e-5)
-        assert binary.targets(torch.tensor([1]))[0].tolist() == pytest.approx([eps, 1 - eps])
+        assert binary.expected_target(torch.tensor([1]))[0].tolist() == pytest.approx([eps, 1 - eps])
 
 
 def test_binary_needs_two_classes_and_the_others_prior() -> None:
@@ -197,7 +198,7 @@ def test_label_flip_is_label_smoothing_in_expectation(prior, weights) -> None:
 
 def _per_copy(flip, zz: torch.Tensor, yy: torch.Tensor, gen: torch.Generator, R: int) -> torch.Tensor:
     """Flip all R·B labels in one call, then the loss of each copy of the batch separately."""
-    y_tilde = flip.flip(yy, gen)
+    y_tilde = flip.target.flip(yy, gen)
     logq = zz.log_softmax(1)
     w = flip.weight if flip.weight is not None else torch.ones(K)
     per = -(w[y_tilde] * logq.gather(1, y_tilde[:, None]).squeeze(1)).view(R, -1).sum(1)
@@ -208,7 +209,7 @@ def test_label_flip_draws_match_the_prior() -> None:
     """Flip rate ε and the flipped-to classes follow u; the call itself uses the same draws."""
     crit_ = crit(name="label_flip", epsilon=0.4, prior=[0.6, 0.1, 0.1, 0.1, 0.1])
     y = torch.full((50000,), 2)
-    y_t = crit_.flip(y, torch.Generator().manual_seed(0))
+    y_t = crit_.target.flip(y, torch.Generator().manual_seed(0))
     freq = torch.bincount(y_t, minlength=K) / len(y)
     assert freq.tolist() == pytest.approx([0.4 * 0.6, 0.04, 0.6 + 0.04, 0.04, 0.04], abs=0.01)
     z = torch.randn(len(y), K)
@@ -219,18 +220,18 @@ def test_label_flip_draws_match_the_prior() -> None:
 def test_label_flip_is_seeded() -> None:
     c = crit(name="label_flip", epsilon=0.5)
     y = torch.arange(K).repeat(40)
-    a = c.flip(y, torch.Generator().manual_seed(7))
-    assert torch.equal(a, c.flip(y, torch.Generator().manual_seed(7)))
-    assert not torch.equal(a, c.flip(y, torch.Generator().manual_seed(8)))
-    others = crit(name="label_flip", epsilon=0.5, prior="others").flip(y, torch.Generator().manual_seed(7))
+    a = c.target.flip(y, torch.Generator().manual_seed(7))
+    assert torch.equal(a, c.target.flip(y, torch.Generator().manual_seed(7)))
+    assert not torch.equal(a, c.target.flip(y, torch.Generator().manual_seed(8)))
+    others = crit(name="label_flip", epsilon=0.5, prior="others").target.flip(y, torch.Generator().manual_seed(7))
     assert ((others != y).float().mean() - 0.5).abs() < 0.1  # `others` always lands on another class
 
 
 def test_label_flip_with_one_seed_is_nested_in_epsilon() -> None:
     """The draws do not depend on ε, so paired runs differing in ε flip nested sets of samples."""
     y = torch.arange(K).repeat(400)
-    small = crit(name="label_flip", epsilon=0.1, prior="others").flip(y, torch.Generator().manual_seed(9))
-    large = crit(name="label_flip", epsilon=0.3, prior="others").flip(y, torch.Generator().manual_seed(9))
+    small = crit(name="label_flip", epsilon=0.1, prior="others").target.flip(y, torch.Generator().manual_seed(9))
+    large = crit(name="label_flip", epsilon=0.3, prior="others").target.flip(y, torch.Generator().manual_seed(9))
     a, b = small != y, large != y
     assert (a & ~b).sum() == 0 and b.sum() > a.sum() and torch.equal(small[a], large[a])
 

@@ -14,7 +14,7 @@ from sklearn.metrics import log_loss, top_k_accuracy_score
 from torchmetrics.functional.classification import binary_calibration_error, multiclass_calibration_error
 
 from conftest import make_config
-from ls_bench.config import ConfigError
+from ls_bench.errors import ConfigError
 from ls_bench.metrics import (adaptive_bin_index, adaptive_ece, bin_index, calibration_bins, classwise_ece,
                               compute_metrics, ece, mce)
 

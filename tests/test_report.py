@@ -19,8 +19,8 @@ import yaml
 
 from conftest import REPO, run_cli
 from ls_bench.metrics import compute_metrics
-from ls_bench.report import (EPS, Run, build_groups, expected_jobs, find_runs, mean_curves, pooled_bins, report,
-                             t_cdf, t_quantile, varying_keys)
+from ls_bench.report import (EPS, Baseline, Run, build_groups, expected_jobs, find_runs, mean_curves, pooled_bins, report,
+                             parse_baseline, varying_keys)
 
 # Two-sided 95% quantiles t(0.975, df) from any statistics textbook table.
 T975 = {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 5: 2.5706, 9: 2.2622, 10: 2.2281, 20: 2.0860, 30: 2.0423}
@@ -61,22 +61,6 @@ def finals(sweep: Path) -> dict[tuple[float, int], dict]:
 
 def ci95(x: np.ndarray) -> float:
     return T975[len(x) - 1] * x.std(ddof=1) / math.sqrt(len(x))
-
-
-def test_t_quantile_matches_the_textbook_table() -> None:
-    for df, q in T975.items():
-        assert t_quantile(0.975, df) == pytest.approx(q, abs=1e-4)
-    assert t_quantile(0.5, 7) == pytest.approx(0.0, abs=1e-9)
-    assert t_quantile(0.025, 4) == pytest.approx(-T975[4], abs=1e-4)
-    assert t_cdf(0.0, 3) == pytest.approx(0.5)
-    assert t_cdf(1.0, 1) == pytest.approx(0.75)  # Cauchy: 1/2 + atan(1)/π
-
-
-def test_t_quantile_matches_scipy() -> None:
-    stats = pytest.importorskip("scipy.stats")  # installed with scikit-learn; not a dependency of ls-bench
-    for df in (*range(1, 31), 47, 100, 333):
-        for p in (0.9, 0.95, 0.975, 0.995):
-            assert t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-8)
 
 
 def test_the_sweep_ends_with_its_report(sweep_run: tuple[Path, subprocess.CompletedProcess, dict]) -> None:
@@ -198,6 +182,30 @@ def test_grouping_ignores_seeds_and_where_keys_and_pairs_on_the_seed() -> None:
     assert (d.n, d.mean) == (2, pytest.approx(((0.95 - 0.90) + (0.81 - 0.80)) / 2))
     assert groups[2].stats["test/acc"].std == pytest.approx(np.std([0.9, 0.8], ddof=1))
     assert groups[1].diffs["test/acc"].n == 0 and groups[0].stats["test/acc"].n == 0
+
+
+def test_baseline_pairs_on_any_key_by_seed() -> None:
+    """--baseline mix=none: each run is paired with the run of its seed that differs only in mix.name
+    (whatever its ε), not with ε = 0."""
+    accs = {("none", 0, 0): 0.80, ("none", 0, 1): 0.70, ("mixup", 0, 0): 0.83, ("mixup", 0, 1): 0.74,
+            ("none", 0.1, 0): 0.90, ("mixup", 0.1, 0): 0.85}
+    runs = [_run(eps, seed, acc=acc, **{"mix.name": mix}) for (mix, eps, seed), acc in accs.items()]
+    base = parse_baseline("mix=none", runs)
+    assert base == Baseline("mix.name", "none") and base.label == "mix.name=none"
+    groups, keys = build_groups(runs, ["test/acc"], base)
+    assert keys == ["mix.name", EPS]
+    by = {(g.labels["mix.name"], g.labels[EPS]): g for g in groups}
+    d = by[("mixup", 0)].diffs["test/acc"]
+    assert (d.n, d.mean) == (2, pytest.approx(((0.83 - 0.80) + (0.74 - 0.70)) / 2))
+    assert by[("mixup", 0.1)].diffs["test/acc"].mean == pytest.approx(0.85 - 0.90)  # its own ε's baseline
+    assert by[("none", 0.1)].diffs == {}  # a baseline itself
+    default = build_groups(runs, ["test/acc"])[0]  # loss.epsilon=0: as before
+    assert {(g.labels["mix.name"], g.labels[EPS]): g.diffs["test/acc"].mean for g in default if g.diffs} == \
+        {("mixup", 0.1): pytest.approx(0.85 - 0.83), ("none", 0.1): pytest.approx(0.90 - 0.80)}
+    with pytest.raises(ValueError, match="'mixx' is not a config key"):
+        parse_baseline("mixx=none", runs)
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_baseline("mix", runs)
 
 
 def test_expected_jobs_counts_comma_lists_outside_brackets_and_quotes(tmp_path: Path) -> None:

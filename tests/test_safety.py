@@ -17,9 +17,10 @@ import pytest
 import torch
 
 from conftest import REPO, TINY, make_config
-from ls_bench.config import ConfigError
+from ls_bench.errors import ConfigError
 from ls_bench.data import load_dataset
-from ls_bench.train import CheckpointError, fit, load_checkpoint
+from ls_bench.checkpoint import CheckpointError, load_checkpoint
+from ls_bench.train import fit
 from test_bad_input import image_tree, run_forked
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")

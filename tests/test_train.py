@@ -18,7 +18,8 @@ import torch
 from conftest import REPO, TINY, make_config, run_cli
 from ls_bench.config import SchedConfig
 from ls_bench.logs import read_jsonl
-from ls_bench.train import Interrupted, _StopFlag, fit, lr_factor
+from ls_bench.signals import Interrupted, StopFlag
+from ls_bench.train import fit, lr_factor
 
 
 def test_one_epoch_writes_everything(tmp_path: Path) -> None:
@@ -87,7 +88,7 @@ def test_same_config_and_seed_is_bit_identical_on_cpu(tmp_path: Path) -> None:
 
 
 def test_finished_run_is_skipped(tmp_path: Path) -> None:
-    from ls_bench.config import ConfigError
+    from ls_bench.errors import ConfigError
 
     cfg = make_config(*TINY)
     final = fit(cfg, tmp_path)
@@ -203,8 +204,8 @@ def test_logged_lr_is_the_rate_of_each_epochs_first_step(tmp_path: Path) -> None
 
 
 def test_cuda_index_is_checked_against_the_devices_there_are(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ls_bench.config import ConfigError
-    from ls_bench.train import resolve_device
+    from ls_bench.errors import ConfigError
+    from ls_bench.machine import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a one-GPU machine, as far as this asks
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
@@ -216,7 +217,7 @@ def test_cuda_index_is_checked_against_the_devices_there_are(monkeypatch: pytest
 
 def test_a_signal_after_the_last_step_stops_the_next_run_before_it_starts(tmp_path: Path, monkeypatch) -> None:
     """SIGTERM that lands while a run writes its final metrics is not forgotten by the next run."""
-    monkeypatch.setattr(_StopFlag, "signum", signal.SIGTERM)
+    monkeypatch.setattr(StopFlag, "signum", signal.SIGTERM)
     with pytest.raises(Interrupted, match="SIGTERM received before this run started"):
         fit(make_config(*TINY), tmp_path / "next")
     assert not (tmp_path / "next").exists() or not any((tmp_path / "next").iterdir())
@@ -226,7 +227,7 @@ ALLOC_PROBE = """
 import resource, sys, torch
 import torch.nn.functional as F
 from ls_bench.models import build_model
-from ls_bench.train import tune_allocator
+from ls_bench.machine import tune_allocator
 tuned = tune_allocator() if sys.argv[1] == "tuned" else None
 torch.set_num_threads(1)
 model = build_model("resnet20", 3, 10, 32)
