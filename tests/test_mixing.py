@@ -1,0 +1,341 @@
+"""mixup / CutMix: per-sample references, the authors' rand_bbox in numpy, Beta(α, α) by KS test,
+the documented draw order, seeding, memory format, config errors, and a timing (printed)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from ls_bench.errors import ConfigError
+from ls_bench.mixing import DEFAULT_PROB, Mixer, check_mix, dominant, make_mixer, rand_bbox, sample_lambda
+
+
+def soft_targets(y: torch.Tensor, K: int, eps: float = 0.1) -> torch.Tensor:
+    """p' = (1-ε)·onehot + ε/K, written out here so the test does not depend on losses.py."""
+    return (1 - eps) * torch.nn.functional.one_hot(y, K).float() + eps / K
+
+
+def batch(B=6, C=3, H=8, W=8, K=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, C, H, W, generator=g)
+    y = torch.randint(K, (B,), generator=g)
+    return x, y, soft_targets(y, K)
+
+
+def id_batch(B, C, H, W):
+    """x[b] = b everywhere: a pixel's value names the sample it came from."""
+    return torch.arange(B, dtype=torch.float32).view(B, 1, 1, 1).expand(B, C, H, W).contiguous()
+
+
+def authors_rand_bbox(size, lam, cx, cy):
+    """clovaai/CutMix-PyTorch train.py rand_bbox, with its two np.random.randint draws passed in.
+    Note the authors' naming: W = size[2] and the box is input[:, :, bbx1:bbx2, bby1:bby2]."""
+    W = size[2]
+    H = size[3]
+    cut_rat = np.sqrt(1. - lam)
+    cut_w = int(W * cut_rat)  # np.int in the original (an alias of int, removed in numpy 1.24)
+    cut_h = int(H * cut_rat)
+    bbx1 = np.clip(cx - cut_w // 2, 0, W)
+    bby1 = np.clip(cy - cut_h // 2, 0, H)
+    bbx2 = np.clip(cx + cut_w // 2, 0, W)
+    bby2 = np.clip(cy + cut_h // 2, 0, H)
+    return bbx1, bby1, bbx2, bby2
+
+
+def replay(seed, n, H=None, W=None):
+    """The documented draw order, re-drawn from a fresh generator: r, u, perm[, c_H, c_W]."""
+    g = torch.Generator().manual_seed(seed)
+    r = torch.rand((), dtype=torch.float64, generator=g).item()
+    u = torch.rand((), dtype=torch.float64, generator=g).item()
+    perm = torch.randperm(n, generator=g)
+    if H is None:
+        return r, u, perm
+    return r, u, perm, int(torch.randint(H, (), generator=g)), int(torch.randint(W, (), generator=g))
+
+
+# --- mixup ---------------------------------------------------------------------------------------
+
+
+def test_mixup_equals_the_per_sample_formula():
+    x, y, t = batch()
+    m = make_mixer("mixup", 1.0, 1.0)(x, t, torch.Generator().manual_seed(3))
+    assert 0 < m.lam < 1 and sorted(m.perm.tolist()) == list(range(len(x)))
+    assert m.perm.tolist() != list(range(len(x)))  # this seed pairs distinct samples
+    for i in range(len(x)):
+        j = int(m.perm[i])
+        torch.testing.assert_close(m.x[i], m.lam * x[i] + (1 - m.lam) * x[j], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(m.t[i], m.lam * t[i] + (1 - m.lam) * t[j], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(m.t.sum(1), torch.ones(len(x)))
+    assert torch.equal(dominant(y, m.lam, m.perm), y if m.lam >= 0.5 else y[m.perm])
+
+
+def test_mixup_follows_the_documented_draws():
+    """λ is the Beta(α, α) quantile (scipy.stats, an independent route) of the 2nd uniform; perm the 3rd draw."""
+    x, _, t = batch(B=7)
+    for seed in range(20):
+        for alpha in (0.2, 1.0):
+            m = Mixer("mixup", alpha)(x, t, torch.Generator().manual_seed(seed))
+            r, u, perm = replay(seed, len(x))
+            assert m.lam == pytest.approx(stats.beta(alpha, alpha).ppf(u), rel=1e-9, abs=1e-12)
+            assert torch.equal(m.perm, perm)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.2])
+def test_lambda_is_beta_alpha_alpha(alpha):
+    g = torch.Generator().manual_seed(0)
+    lams = np.array([sample_lambda(alpha, g) for _ in range(3000)])
+    assert ((0 <= lams) & (lams <= 1)).all()
+    assert stats.kstest(lams, stats.beta(alpha, alpha).cdf).pvalue > 0.01
+    # and not merely uniform: at α = 0.2 the mass sits near 0 and 1
+    if alpha < 1:
+        assert stats.kstest(lams, "uniform").pvalue < 1e-6
+
+
+def test_mixup_lambda_through_the_mixer_is_beta():
+    x, _, t = batch(B=2, H=2, W=2)
+    g = torch.Generator().manual_seed(1)
+    lams = [Mixer("mixup", 0.2)(x, t, g).lam for _ in range(1500)]
+    assert stats.kstest(lams, stats.beta(0.2, 0.2).cdf).pvalue > 0.01
+
+
+# --- CutMix --------------------------------------------------------------------------------------
+
+
+def box_mask(out, B, H, W):
+    """Per sample, which pixels came from another sample (values = sample ids)."""
+    src = out[:, 0]
+    return src != torch.arange(B, dtype=src.dtype).view(B, 1, 1)
+
+
+def test_cutmix_pastes_a_box_of_area_exactly_1_minus_lambda():
+    B, C, H, W, K = 5, 3, 24, 40, 4  # not square: rows and columns must not be swapped
+    x = id_batch(B, C, H, W)
+    y = torch.arange(B) % K
+    t = soft_targets(y, K)
+    g = torch.Generator().manual_seed(0)
+    at_border = 0
+    for _ in range(150):
+        m = Mixer("cutmix", 1.0, 1.0)(x, t, g)
+        assert (m.x == m.x[:, :1]).all()  # every channel from the same source
+        changed = m.x[:, 0] != x[:, 0]  # [B, H, W]; only samples with perm(i) != i can show it
+        rows, cols = changed.any(2).any(0), changed.any(1).any(0)
+        movers = m.perm != torch.arange(B)
+        if m.lam == 1:
+            assert torch.equal(m.x, x)
+        elif movers.any():
+            box = rows[:, None] & cols[None, :]  # [H, W]: the pasted rectangle
+            area = int(box.sum())
+            assert area == pytest.approx((1 - m.lam) * H * W, abs=1e-9)  # λ = 1 - area/(HW) exactly
+            assert torch.equal(m.x, torch.where(box, x[m.perm], x))  # x_i outside the box, x_j inside
+            assert box_mask(m.x, B, H, W)[movers].sum() == area * int(movers.sum())  # pixels from x_j
+            at_border += bool(rows[0] or rows[-1] or cols[0] or cols[-1])
+        torch.testing.assert_close(m.t, m.lam * t + (1 - m.lam) * t[m.perm])
+        torch.testing.assert_close(m.t.sum(1), torch.ones(B))
+    assert at_border > 10  # boxes clipped by the image border were exercised
+
+
+def test_cutmix_matches_the_authors_procedure():
+    """The authors' loop in numpy (rand_bbox, paste, λ from the clipped box) fed the same draws."""
+    for seed in range(60):
+        B, C, H, W, K = 4, 2, 12, 20, 3
+        x, y, t = batch(B, C, H, W, K, seed=100 + seed)
+        alpha = (0.2, 1.0, 2.0)[seed % 3]
+        m = make_mixer("cutmix", alpha, 1.0)(x, t, torch.Generator().manual_seed(seed))
+        r, u, perm, c2, c3 = replay(seed, B, H, W)
+        lam = stats.beta(alpha, alpha).ppf(u)
+        inp = x.numpy().copy()
+        bbx1, bby1, bbx2, bby2 = authors_rand_bbox(inp.shape, lam, c2, c3)
+        inp[:, :, bbx1:bbx2, bby1:bby2] = inp[perm.numpy(), :, bbx1:bbx2, bby1:bby2]
+        lam = 1 - ((bbx2 - bbx1) * (bby2 - bby1) / (inp.shape[-1] * inp.shape[-2]))
+        assert m.lam == pytest.approx(lam, abs=1e-12)
+        assert np.array_equal(m.x.numpy(), inp)
+        assert torch.equal(m.perm, perm)
+        tn = t.numpy()
+        np.testing.assert_allclose(m.t.numpy(), lam * tn + (1 - lam) * tn[perm.numpy()], rtol=1e-6, atol=1e-7)
+
+
+def test_rand_bbox_equals_the_authors_for_any_lambda_and_centre():
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        H, W = (int(v) for v in rng.integers(1, 50, 2))
+        lam = float(rng.beta(0.5, 0.5))
+        c2, c3 = int(rng.integers(H)), int(rng.integers(W))
+        b1, b2, b3, b4 = authors_rand_bbox((1, 1, H, W), lam, c2, c3)
+        assert rand_bbox(H, W, lam, c2, c3) == (b1, b3, b2, b4)
+
+
+@pytest.mark.parametrize("prob", [0.5, 0.2])
+def test_cutmix_mixes_a_prob_fraction_of_batches(prob):
+    x = id_batch(2, 1, 32, 32)
+    t = soft_targets(torch.tensor([0, 1]), 2)
+    g = torch.Generator().manual_seed(0)
+    n = 3000
+    mixed = sum(Mixer("cutmix", 1.0, prob)(x, t, g).lam < 1 for _ in range(n))
+    # λ = 1 also when the box is empty: int(32·√(1-λ)) // 2 = 0 iff 1-λ < 1/256, P = 1/256 at α = 1
+    p = prob * 255 / 256
+    assert abs(mixed / n - p) < 4 * math.sqrt(p * (1 - p) / n)
+
+
+def test_cutmix_prob_0_never_1_always_and_the_input_is_not_modified():
+    x, _, t = batch(B=4, H=32, W=32)
+    x0 = x.clone()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        m = Mixer("cutmix", 1.0, 0.0)(x, t, g)
+        assert m.x is x and m.t is t and m.lam == 1.0 and torch.equal(m.perm, torch.arange(4))
+    assert sum(Mixer("cutmix", 1.0, 1.0)(x, t, g).lam < 1 for _ in range(50)) >= 45
+    assert torch.equal(x, x0)  # the authors paste in place; here the caller's batch is left alone
+
+
+# --- draws, seeding, "none" ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["mixup", "cutmix"])
+def test_same_seed_same_output_different_seed_different(name):
+    x, _, t = batch(B=8, H=16, W=16)
+    runs = []
+    for seed in (5, 5, 6):
+        g = torch.Generator().manual_seed(seed)
+        runs.append([make_mixer(name, 1.0, 1.0)(x, t, g) for _ in range(5)])
+    for a, b in zip(runs[0], runs[1]):
+        assert torch.equal(a.x, b.x) and torch.equal(a.t, b.t) and a.lam == b.lam and torch.equal(a.perm, b.perm)
+    assert any(a.lam != c.lam for a, c in zip(runs[0], runs[2]))
+
+
+@pytest.mark.parametrize("name", ["mixup", "cutmix"])
+def test_draws_are_made_whatever_r_so_prob_settings_nest(name):
+    """Every batch consumes the same numbers at any prob: batches mixed at 0.3 are mixed at 0.8 the same way."""
+    x, _, t = batch(B=8, H=16, W=16)
+    lo, hi = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    n_lo = n_hi = 0
+    for _ in range(100):
+        a, b = make_mixer(name, 1.0, 0.3)(x, t, lo), make_mixer(name, 1.0, 0.8)(x, t, hi)
+        assert torch.equal(lo.get_state(), hi.get_state())
+        if a.lam < 1:
+            assert torch.equal(a.x, b.x) and a.lam == b.lam and torch.equal(a.perm, b.perm)
+        n_lo, n_hi = n_lo + (a.lam < 1), n_hi + (b.lam < 1)
+    assert 10 < n_lo < n_hi
+
+
+def test_none_returns_the_inputs_and_draws_nothing():
+    x, y, t = batch()
+    g = torch.Generator().manual_seed(4)
+    state = g.get_state()
+    m = make_mixer("none", 1.0, None)(x, t, g)
+    assert m.x is x and m.t is t and m.lam == 1.0 and torch.equal(m.perm, torch.arange(len(x)))
+    assert torch.equal(g.get_state(), state)
+    assert torch.equal(dominant(y, m.lam, m.perm), y)
+
+
+def test_dominant_label_is_the_heavier_one():
+    y = torch.tensor([3, 1, 4, 1])
+    perm = torch.tensor([2, 0, 3, 1])
+    assert dominant(y, 0.5, perm).tolist() == [3, 1, 4, 1]
+    assert dominant(y, 0.3, perm).tolist() == [4, 3, 1, 1]
+
+
+# --- memory format, config -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["mixup", "cutmix"])
+def test_channels_last_in_channels_last_out(name):
+    x, _, t = batch(B=8, H=16, W=16)
+    cl = x.contiguous(memory_format=torch.channels_last)
+    a = make_mixer(name, 1.0, 1.0)(cl, t, torch.Generator().manual_seed(2))
+    b = make_mixer(name, 1.0, 1.0)(x, t, torch.Generator().manual_seed(2))
+    assert a.x.is_contiguous(memory_format=torch.channels_last) and not a.x.is_contiguous()
+    assert b.x.is_contiguous()
+    assert torch.equal(a.x, b.x) and a.x.dtype == x.dtype
+
+
+@pytest.mark.parametrize("name, alpha, prob, key", [
+    ("mixups", 1.0, 0.5, "mix.name"),
+    (None, 1.0, 0.5, "mix.name"),
+    ("mixup", 0.0, 0.5, "mix.alpha"),
+    ("cutmix", -1.0, 0.5, "mix.alpha"),
+    ("cutmix", float("nan"), 0.5, "mix.alpha"),
+    ("mixup", float("inf"), 0.5, "mix.alpha"),
+    ("mixup", "1", 0.5, "mix.alpha"),
+    ("mixup", True, 0.5, "mix.alpha"),
+    ("cutmix", 1.0, -0.1, "mix.prob"),
+    ("cutmix", 1.0, 1.5, "mix.prob"),
+    ("cutmix", 1.0, float("nan"), "mix.prob"),
+    ("mixup", 1.0, "half", "mix.prob"),
+])
+def test_bad_config_names_the_key(name, alpha, prob, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.") + "="):
+        check_mix(name, alpha, prob)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.") + "="):
+        make_mixer(name, alpha, prob)
+
+
+def test_good_config_and_default_probs():
+    for name in ("none", "mixup", "cutmix"):
+        check_mix(name, 0.2, None)
+        check_mix(name, 1, 0)
+        check_mix(name, 2.0, 1)
+        assert make_mixer(name, 1.0).prob == DEFAULT_PROB[name]
+    assert make_mixer("mixup").prob == 1.0 and make_mixer("cutmix").prob == 0.5
+    assert make_mixer("cutmix", 1, 1).prob == 1.0
+    with pytest.raises(Exception):  # frozen
+        make_mixer("mixup").alpha = 2.0
+
+
+# --- cost (printed, not asserted) ----------------------------------------------------------------
+
+
+def _ms(fn, n):
+    """(min, median) wall time in ms; the min is the cost, the median also shows other load on the CPU."""
+    fn()
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * min(times), 1e3 * float(np.median(times))
+
+
+def _cifar_batch():
+    x = torch.randn(128, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    return x, soft_targets(torch.randint(10, (128,)), 10)
+
+
+def _mixer_costs(x, t):
+    g = torch.Generator().manual_seed(0)
+    return {name: _ms(lambda: make_mixer(name, 1.0, 1.0)(x, t, g), 100) for name in ("mixup", "cutmix")}
+
+
+def test_cost_of_mixing_a_cifar_batch(capsys):
+    """Printed, not asserted: against a ResNet-20 step of 80-250 ms, the budget is < 3 % (2.4 ms at 80 ms)."""
+    costs = _mixer_costs(*_cifar_batch())
+    with capsys.disabled():
+        print(f"\n[mixing cost] [128,3,32,32] channels_last, {torch.get_num_threads()} threads, min (median): "
+              + ", ".join(f"{k} {a:.3f} ({b:.3f}) ms = {100 * a / 80:.2f}-{100 * a / 250:.2f}% of an 80-250 ms step"
+                          for k, (a, b) in costs.items()))
+
+
+@pytest.mark.slow
+def test_cost_relative_to_a_measured_resnet20_step(capsys):
+    from ls_bench.models import build_model
+
+    x, t = _cifar_batch()
+    costs = _mixer_costs(x, t)
+    model = build_model("resnet20", 3, 10, 32).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(model(x), t)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step_min, step_med = _ms(step, 5)
+    with capsys.disabled():
+        print("\n[mixing cost] " + ", ".join(f"{k} {a:.3f} ms = {100 * a / step_min:.2f}% of a step"
+                                           for k, (a, b) in costs.items())
+              + f"; ResNet-20 train step min {step_min:.0f} ms (median {step_med:.0f})")
