@@ -25,8 +25,20 @@ from ls_bench.config import Config, validate
 from ls_bench.errors import ConfigError, RunFailed, bad, first_line
 
 ConfigStore.instance().store(name="ls_bench_schema", node=Config)
-# configs/ sits beside the package in the source tree (install with `pip install -e .`).
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+
+
+def config_dir() -> str:
+    """The configs: configs/ of the source tree when this package runs from a checkout (an
+    editable install, so edits to the YAML take effect at once), else the copy the wheel ships as
+    ls_bench/_configs (pyproject.toml maps configs/ there)."""
+    here = Path(__file__).resolve().parent
+    source = here.parent / "configs"
+    if (source / "config.yaml").is_file() and (here.parent / "pyproject.toml").is_file():
+        return str(source)
+    return str(here / "_configs")
+
+
+CONFIG_DIR = config_dir()
 
 
 class UserError(CompactHydraException):

@@ -28,9 +28,11 @@ class DataConfig:
     name: str = "digits"  # digits | cifar10 | cifar100 | svhn | imagefolder
     root: Optional[str] = None  # required except for digits; the torchvision datasets' YAML says ./data
     download: bool = True
-    val_size: int = 300  # held out from the training set (stratified, split_seed)
-    test_size: int = 360  # only for datasets without an official test split (digits)
-    train_size: Optional[int] = None  # stratified subset of what remains after val
+    # Split sizes: a count (a whole number >= 1), or a fraction in (0, 1) of the images there
+    # (rounded up, like scikit-learn's train_test_split). The defaults are digits' (configs/data).
+    val_size: float = 0.2  # held out from the training set (stratified, split_seed); 0: none
+    test_size: float = 0.2  # of all images; only for datasets without an official test split (digits)
+    train_size: Optional[float] = None  # stratified subset of what remains after val
     split_seed: int = 0
     augment: bool = False  # random crop (pad 4) + horizontal flip, on the device
     classes: Optional[List[int]] = None  # keep only these labels, renumbered 0..len-1
@@ -146,6 +148,19 @@ def _finite(x: float) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
+SIZE_HELP = "a count (a whole number >= 1) or a fraction in (0, 1) of the images there"
+
+
+def _split_size(x: Any) -> bool:
+    """A count (a whole number >= 1) or a fraction strictly between 0 and 1."""
+    return _finite(x) and (0 < x < 1 or (x >= 1 and float(x).is_integer()))
+
+
+def _shown(x: Any) -> Any:
+    """A whole float as the int it stands for (data.val_size=5000, not 5000.0) in messages."""
+    return int(x) if isinstance(x, float) and x.is_integer() else x
+
+
 def _unknown_fields(obj: Any, prefix: str = "") -> list[tuple[str, Any, list[str]]]:
     """(key, value, known names) for attributes no dataclass field declares. OmegaConf.to_object
     keeps keys added with `+key=value`, so `+loss.epsilonn=0.1` or `+loss._target_=...` would
@@ -169,9 +184,11 @@ def validate(cfg: Config) -> None:
     _check(_finite(lo.beta) and lo.beta >= 0, "loss.beta", lo.beta, "must be >= 0")
     _check(d.name == "digits" or d.root not in (None, "???", ""), "data.root", d.root,
            f"must be set for data={d.name}, e.g. data.root=path/to/data")
-    _check(d.val_size >= 0, "data.val_size", d.val_size, "must be >= 0")
-    _check(d.test_size > 0, "data.test_size", d.test_size, "must be > 0")
-    _check(d.train_size is None or d.train_size > 0, "data.train_size", d.train_size, "must be > 0 or null")
+    _check(_split_size(d.val_size) or d.val_size == 0, "data.val_size", _shown(d.val_size), f"must be >= 0: 0 (no "
+           f"validation split), {SIZE_HELP}")
+    _check(_split_size(d.test_size), "data.test_size", _shown(d.test_size), f"must be > 0: {SIZE_HELP}")
+    _check(d.train_size is None or _split_size(d.train_size), "data.train_size", _shown(d.train_size),
+           f"must be null (all) or > 0: {SIZE_HELP}")
     if d.classes is not None:
         _check(len(d.classes) >= 2, "data.classes", d.classes, "must name at least 2 labels")
         _check(len(set(d.classes)) == len(d.classes), "data.classes", d.classes, "labels must not repeat")
@@ -204,4 +221,4 @@ def validate(cfg: Config) -> None:
     _check(len(pc) == 3 and len(set(pc)) == 3 and min(pc) >= 0, "metrics.penultimate_classes", pc,
            "three different labels >= 0, e.g. [0,1,2]")
     if cfg.metrics.temperature_scaling:
-        _check(d.val_size > 0, "data.val_size", d.val_size, "must be > 0 when metrics.temperature_scaling=true")
+        _check(d.val_size > 0, "data.val_size", _shown(d.val_size), "must be > 0 when metrics.temperature_scaling=true")

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -376,6 +377,24 @@ def corrupt_labels(y: Tensor, num_classes: int, rate: float, kind: str, seed: in
     return noisy, flip.nonzero().squeeze(1)
 
 
+def split_count(size: float, n: int) -> int:
+    """A split size as a count: a fraction in (0, 1) of the n images there, rounded up (as
+    scikit-learn's train_test_split rounds a float test_size), or a whole number as it is."""
+    return math.ceil(size * n) if 0 < size < 1 else int(size)
+
+
+class _Verbatim(str):
+    """Text that a one-line error shows without quotes."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def sized(size: float, count: int) -> Any:
+    """How a size appears in a message: the count, and for a fraction what it resolved to."""
+    return _Verbatim(f"{size:g} ({count} images)") if 0 < size < 1 else count
+
+
 def check_dataset(name: str) -> None:
     if name not in DATASETS:
         raise bad("data.name", name, f"one of {sorted(DATASETS)}")
@@ -393,19 +412,24 @@ def load_dataset(cfg: DataConfig, noise_seed: int = 0) -> Dataset:
         test = _select_classes(test, list(cfg.classes)) if test is not None else None
         classes = [classes[c] for c in cfg.classes]
     if test is None:  # no official test split: hold one out first, with the same split seed
-        if cfg.test_size >= len(train):
-            raise bad("data.test_size", cfg.test_size, f"must be < the {len(train)} images of {cfg.name}")
-        rest, held = stratified_split(train.y, cfg.test_size, cfg.split_seed)
+        n_test = split_count(cfg.test_size, len(train))
+        if n_test >= len(train):
+            raise bad("data.test_size", sized(cfg.test_size, n_test), f"must be < the {len(train)} images of {cfg.name}")
+        rest, held = stratified_split(train.y, n_test, cfg.split_seed)
         train, test = train.take(rest), train.take(held)
-    if not cfg.val_size < len(train):
-        raise bad("data.val_size", cfg.val_size, f"must be < the {len(train)} training images of {cfg.name}")
-    rest, held = stratified_split(train.y, cfg.val_size, cfg.split_seed)
+    n_val = split_count(cfg.val_size, len(train))
+    if not n_val < len(train):
+        raise bad("data.val_size", sized(cfg.val_size, n_val), f"must be < the {len(train)} training images of "
+                                                                f"{cfg.name}")
+    rest, held = stratified_split(train.y, n_val, cfg.split_seed)
     train, val = train.take(rest), train.take(held)
     if cfg.train_size is not None:
-        if cfg.train_size > len(train):
-            raise bad("data.train_size", cfg.train_size, f"must be <= {len(train)} (training images after val)")
-        if cfg.train_size < len(train):
-            _, keep = stratified_split(train.y, cfg.train_size, cfg.split_seed)
+        n_train = split_count(cfg.train_size, len(train))
+        if n_train > len(train):
+            raise bad("data.train_size", sized(cfg.train_size, n_train), f"must be <= {len(train)} (training images "
+                                                                         f"after val)")
+        if n_train < len(train):
+            _, keep = stratified_split(train.y, n_train, cfg.split_seed)
             train = train.take(keep)
     noisy_idx, clean = torch.empty(0, dtype=torch.long), None
     if cfg.label_noise.rate > 0:

@@ -4,7 +4,7 @@ Per run directory:
   metrics.jsonl   one JSON object per epoch: {"epoch": e, "train/loss": ..., "val/ece": ..., ...}
   final.json      the final metrics, written atomically once the run has finished
   failed.json     instead of final.json when the run failed: {"reason": ..., "epoch": ...}
-  tb/             TensorBoard event files (scalars, hparams, figures)
+  events.out.tfevents.*  TensorBoard event files (scalars, hparams, figures), in the run directory
 One metric name everywhere: `split/name` (`val/ece`, `test/nll`, `test_ts/ece`, `perf/epoch_s`).
 """
 
@@ -31,39 +31,46 @@ class RunLogger:
 
     def __init__(self, run_dir: Path, purge_step: int | None = None):
         self.run_dir = run_dir
+        # The event files sit in the run directory itself, so `tensorboard --logdir outputs` names
+        # each run after its job (sweeps/<date>/<time>/loss.epsilon=0.1,seed=2), not .../tb.
         # purge_step: on resume, TensorBoard hides events at or after this epoch from the dead run.
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=purge_step)
+        with self._naming_tb():
+            self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
         self.jsonl = run_dir / "metrics.jsonl"
 
-    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+    def log_scalars(self, step: int, metrics: dict[str, Any]) -> None:
+        """Numbers to TensorBoard at `step` (strings, such as fingerprints, go to the JSON only)."""
         with self._naming_tb():
             for k, v in metrics.items():
-                if isinstance(v, (int, float)):  # strings (fingerprints) go to the JSON only
-                    self.writer.add_scalar(k, v, epoch)
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.writer.add_scalar(k, v, step)
             self.writer.flush()
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.log_scalars(epoch, metrics)
         line = json.dumps({"epoch": epoch, **{k: _finite_or_none(v) for k, v in metrics.items()}})
         with open(self.jsonl, "a") as f:  # one short append per epoch; a torn last line is skipped on read
             f.write(line + "\n")
 
-    def log_hparams(self, hparam_dict: dict[str, Any], metric_dict: dict[str, float]) -> None:
-        """HParams into this run's own event file (SummaryWriter.add_hparams would make a sub-run)."""
+    def log_hparams(self, hparam_dict: dict[str, Any], metric_tags: list[str]) -> None:
+        """HParams into this run's own event file (SummaryWriter.add_hparams would make a sub-run
+        and a duplicate `hparam/...` scalar per metric). The HParams tab reads each metric as the
+        last value of the run's scalar with that tag, so `metric_tags` must be tags the run logs."""
         hp = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparam_dict.items()}
         with self._naming_tb():
-            for summary in hparams(hp, metric_dict):
+            for summary in hparams(hp, dict.fromkeys(metric_tags, 0.0)):  # the values are not written
                 self.writer.file_writer.add_summary(summary)
-            for k, v in metric_dict.items():  # the dashboard reads each metric from a scalar of that tag
-                self.writer.add_scalar(k, v)
             self.writer.flush()
 
     @contextlib.contextmanager
     def _naming_tb(self) -> Iterator[None]:
-        """TensorBoard's writer thread re-raises a failed write without a file name; add tb/'s."""
+        """TensorBoard's writer thread re-raises a failed write without a file name; add the event files'."""
         try:
             yield
         except OSError as e:
             if e.filename:
                 raise
-            raise OSError(e.errno, e.strerror or str(e), str(self.run_dir / "tb")) from e
+            raise OSError(e.errno, e.strerror or str(e), str(self.run_dir / "events.out.tfevents.*")) from e
 
     def log_figure(self, tag: str, figure: Any, step: int = 0) -> None:
         self.writer.add_figure(tag, figure, step, close=False)

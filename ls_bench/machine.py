@@ -32,7 +32,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def cpu_has_bf16() -> bool:
-    """Native bf16 on the CPU (AVX512-BF16 or AMX); without it bf16 autocast is slower than fp32."""
+    """Native bf16 on the CPU (AVX512-BF16 or AMX); without it bf16 autocast is slower than fp32.
+
+    False also where PyTorch and oneDNN are held to AVX2 (ATEN_CPU_CAPABILITY=avx2 or default,
+    ONEDNN_MAX_CPU_ISA=AVX2 or lower): how an AVX512 machine stands in for an AVX2-only one.
+    """
+    if os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in ("default", "avx2") or \
+            os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in ("SSE41", "AVX", "AVX2", "AVX2_VNNI"):
+        return False
     probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
     return bool(probe and probe())
 

@@ -416,12 +416,20 @@ def finish(run: Run, history: list[dict[str, Any]], logger: RunLogger, run_dir: 
     save_predictions(run_dir / "predictions.npz", logits, labels)
     if cfg.metrics.figures:
         write_run_figures(run, logits, labels, final.get("temperature"), logger, run_dir)
-    logger.log_hparams(hparams_of(cfg), {f"hparam/{k}": v for k, v in final.items()
-                                         if isinstance(v, float) and k.split("/")[0] in HPARAM_SECTIONS})
+    log_final_to_tensorboard(logger, cfg, final, history[-1])
     return final
 
 
-HPARAM_SECTIONS = ("test", "test_ts", "val", "temperature")
+HPARAM_SECTIONS = ("test", "test_ts", "val", "temperature")  # the metrics of TensorBoard's HParams tab
+
+
+def log_final_to_tensorboard(logger: RunLogger, cfg: Config, final: dict[str, Any], last: dict[str, Any]) -> None:
+    """The final-only values (test_ts/*, temperature, ...) as ordinary scalars at the last epoch's
+    step, then the HParams entry, whose metrics are scalars the run logs: an epoch metric's last
+    value is the final epoch's, so test/acc in the HParams tab is final.json's test/acc."""
+    numbers = {k: v for k, v in final.items() if isinstance(v, float)}
+    logger.log_scalars(last["epoch"], {k: v for k, v in numbers.items() if k not in last})
+    logger.log_hparams(hparams_of(cfg), [k for k in numbers if k.split("/")[0] in HPARAM_SECTIONS])
 
 
 def hparams_of(cfg: Config) -> dict[str, Any]:

@@ -20,7 +20,7 @@ def test_multirun_sweep_makes_one_named_directory_per_job(tmp_path: Path) -> Non
     for job, eps in zip(jobs, (0.0, 0.1)):
         d = sweep / job
         assert (d / "final.json").exists() and (d / "metrics.jsonl").exists()
-        assert list((d / "tb").glob("events.out.tfevents.*"))
+        assert list(d.glob("events.out.tfevents.*"))
         assert yaml.safe_load((d / ".hydra/config.yaml").read_text())["loss"]["epsilon"] == eps
         info = json.loads((d / "run_info.json").read_text())
         assert info["version"] and "git_commit" in info

@@ -247,3 +247,55 @@ def test_cache_hit_stale_and_corrupt_entries(small_cifar: Path, tmp_path: Path):
     assert torch.equal(load_dataset(cfg).test.x, x) and path.stat().st_ino != ino  # rewritten
     path.write_bytes(path.read_bytes()[:5000])
     assert torch.equal(load_dataset(cfg).test.x, x) and path.stat().st_size > 5000
+
+
+# --- split sizes: counts and fractions --------------------------------------------------------
+
+
+def test_digits_splits_are_fractions_of_what_is_there_and_counts_stay_counts() -> None:
+    from sklearn.model_selection import train_test_split
+
+    ds = load_dataset(DataConfig())  # digits defaults: test 0.2 of 1797, then val 0.2 of the rest
+    assert (len(ds.test), len(ds.val), len(ds.train)) == (360, 288, 1797 - 360 - 288)
+    # The same rounding as scikit-learn's float test_size (up): 0.2 of 1437 is 287.4 -> 288.
+    held = train_test_split(np.arange(1437), test_size=0.2, random_state=0)[1]
+    assert len(ds.val) == len(held)
+    counts = load_dataset(DataConfig(test_size=100, val_size=250, train_size=0.5))
+    assert (len(counts.test), len(counts.val), len(counts.train)) == (100, 250, 724)  # ceil(0.5 * 1447)
+    two = load_dataset(DataConfig(classes=[3, 5]))  # 183 + 182 images: the fractions fit any subset
+    assert (len(two.test), len(two.val), len(two.train)) == (73, 59, 233)
+    assert sorted(torch.bincount(two.test.y).tolist()) == [36, 37]  # stratified
+
+
+def test_binary_ls_on_two_digit_classes_trains_and_evaluates(tmp_path: Path) -> None:
+    from conftest import TINY, make_config
+    from ls_bench.train import fit
+
+    final = fit(make_config(*TINY, "data.classes=[3,5]", "loss=binary", "loss.epsilon=0.1"), tmp_path)
+    assert final["epochs"] == 1 and 0 <= final["test/acc"] <= 1 and final["temperature"] > 0
+    with np.load(tmp_path / "predictions.npz") as p:
+        assert p["test_logits"].shape == (73, 2) and (p["test_logits"][:, 0] == 0).all()  # [0, z]
+
+
+@pytest.mark.parametrize("override,shown", [
+    ("data.val_size=1.5", "data.val_size=1.5 is invalid: must be >= 0"),
+    ("data.val_size=-0.2", "data.val_size=-0.2 is invalid: must be >= 0"),
+    ("data.test_size=0", "data.test_size=0 is invalid: must be > 0"),
+    ("data.test_size=-3", "data.test_size=-3 is invalid: must be > 0"),
+    ("data.train_size=0", "data.train_size=0 is invalid: must be null (all) or > 0"),
+    ("data.train_size=2.5", "data.train_size=2.5 is invalid: must be null (all) or > 0"),
+])
+def test_a_size_that_is_neither_count_nor_fraction_is_one_line(override: str, shown: str) -> None:
+    from conftest import make_config
+    from ls_bench.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        make_config(override)
+    assert str(e.value).startswith(shown) and "fraction in (0, 1)" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_fraction_too_big_for_the_data_names_what_it_resolved_to() -> None:
+    from ls_bench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.val_size=0.999 \(292 images\) is invalid: must be < the 292 "):
+        load_dataset(DataConfig(classes=[3, 5], val_size=0.999))

@@ -163,9 +163,6 @@ def cli_faults(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[subp
     torch.save({"model": {"conv.weight": torch.zeros(2, 2)}, "optimizer": {}, "scheduler": {}, "scaler": {},
                 "epoch": 1, "history": []}, dirs["other_model"] / "last.pt")
     (dirs["stale_lock"] / ".lock").write_text("pid 999999 on a-dead-run\n")  # left by a killed run
-    dirs["tb_blocked"] = tmp / "tb_blocked"  # a fresh run whose tb/ cannot be made: a file has the name
-    dirs["tb_blocked"].mkdir()
-    (dirs["tb_blocked"] / "tb").write_text("not a folder\n")
     dirs["nan"] = tmp / "nan"
     args = {name: [*ONE, f"hydra.run.dir={d}"] for name, d in dirs.items()}
     args["nan"] = [*ONE, "optim.lr=1e30", f"hydra.run.dir={dirs['nan']}"]
@@ -199,13 +196,24 @@ def test_non_finite_loss_through_the_cli(cli_faults: dict) -> None:
     assert not (run_dir / "final.json").exists() and not (run_dir / "last.pt").exists()
 
 
-def test_a_run_file_that_cannot_be_written_is_one_line_naming_it(cli_faults: dict) -> None:
-    proc, run_dir = cli_faults["tb_blocked"]
-    line = one_line(proc)
-    assert "run failed" in line and f"cannot write {run_dir / 'tb'} (File exists)" in line, line
-    assert "no checkpoint to resume from" in line and "failed.json" in line
-    assert "cannot write" in json.loads((run_dir / "failed.json").read_text())["reason"]
-    assert not (run_dir / "final.json").exists()
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the writer thread dies, as it would
+def test_a_failed_tensorboard_write_is_one_line_naming_the_event_files(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The event files' disk fills up: TensorBoard's writer thread fails without a file name; the
+    run stops with one RunFailed line that names them, and failed.json says so."""
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    def disk_full(self, data):  # every record write of the event file
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(RecordWriter, "write", disk_full)
+    run = tmp_path / "run"
+    with pytest.raises(RunFailed) as failure:
+        fit(make_config(*TWO), run)
+    line = str(failure.value)
+    assert f"cannot write {run / 'events.out.tfevents.*'} (No space left on device)" in line and "\n" not in line
+    assert json.loads((run / "failed.json").read_text())["reason"] == line
+    assert not (run / "final.json").exists()
 
 
 def test_a_second_writer_into_a_run_dir_is_refused(cli_faults: dict) -> None:

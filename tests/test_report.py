@@ -129,7 +129,7 @@ def test_pooled_reliability_bins_agree_with_compute_metrics(sweep: Path) -> None
 
 def test_partial_sweep_names_missing_failed_and_unstarted_runs(sweep: Path, tmp_path: Path) -> None:
     part = tmp_path / "partial"
-    shutil.copytree(sweep, part, ignore=shutil.ignore_patterns("tb", "*.png", "summary.*", "last.pt"))
+    shutil.copytree(sweep, part, ignore=shutil.ignore_patterns("events.out.tfevents.*", "*.png", "summary.*", "last.pt"))
     jobs = {(j.name.split("loss.epsilon=")[1].split(",")[0], j.name.split("seed=")[1].split(",")[0]): j
             for j in part.iterdir() if j.is_dir()}
     (jobs[("0.1", "1")] / "final.json").unlink()  # killed after its last epoch was logged
