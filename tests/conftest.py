@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from ls_bench.cli import CONFIG_DIR, to_config
@@ -39,3 +40,12 @@ def cifar_root() -> Path:
     if not CIFAR.is_dir():
         pytest.skip(f"shared CIFAR-10 not found at {CIFAR}")
     return CIFAR
+
+
+def random_logits(n: int, k: int, seed: int, scale: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits with a signal towards the label, float32 as predict() returns them."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, k, (n,), generator=g)
+    z = scale * torch.randn(n, k, generator=g)
+    z[torch.arange(n), y] += scale
+    return z, y

@@ -13,19 +13,12 @@ import torch.nn.functional as F
 from sklearn.metrics import log_loss, top_k_accuracy_score
 from torchmetrics.functional.classification import binary_calibration_error, multiclass_calibration_error
 
-from conftest import make_config
+from conftest import make_config, random_logits
 from ls_bench.errors import ConfigError
 from ls_bench.metrics import (adaptive_bin_index, adaptive_ece, bin_index, calibration_bins, classwise_ece,
                               compute_metrics, ece, mce)
 
 
-def random_logits(n: int, k: int, seed: int, scale: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits with a signal towards the label, float32 as predict() returns them."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, k, (n,), generator=g)
-    z = scale * torch.randn(n, k, generator=g)
-    z[torch.arange(n), y] += scale
-    return z, y
 
 
 def conf_correct(z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
