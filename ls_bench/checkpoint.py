@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ls_bench.config import NOT_COMPUTED
+from ls_bench.config import NOT_COMPUTED, Config, flat_config
 from ls_bench.errors import ConfigError, first_line
 from ls_bench.files import atomic_write, read_json
 
@@ -35,10 +35,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
                               f"run from scratch") from None
 
 
-def load_training_state(path: Path, targets: dict[str, Any]) -> tuple[int, list[dict]]:
-    """Load last.pt into `targets` (name -> object with load_state_dict: model, optimizer, ...);
-    returns (finished epochs, their history)."""
-    state = load_checkpoint(path)
+def restore_training_state(state: dict[str, Any], path: Path, targets: dict[str, Any]) -> tuple[int, list[dict]]:
+    """Load a checkpoint's `state` into `targets` (name -> object with load_state_dict: model,
+    optimizer, ...); returns (finished epochs, their history)."""
     try:  # a loadable file from another config (model, optimizer) or an older format
         for name, obj in targets.items():
             obj.load_state_dict(state[name])
@@ -58,6 +57,10 @@ def check_same_run(run_dir: Path, config: dict[str, Any]) -> None:
     if not isinstance(before, dict):
         return  # from a version of ls-bench that did not record its config: nothing to compare
     now = json.loads(json.dumps(config))  # the types a JSON round trip gives (tuples as lists)
+    # A key added to the schema since that run (absent from its record) counts as unchanged while
+    # it has its default: the old run computed exactly that.
+    defaults = json.loads(json.dumps(flat_config(Config())))
+    before = {**{k: v for k, v in defaults.items() if k not in before and now.get(k) == v}, **before}
     changed = [k for k in sorted(set(before) | set(now))
                if k not in NOT_COMPUTED and (k in before, before.get(k)) != (k in now, now.get(k))]
     if changed:

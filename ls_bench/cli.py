@@ -73,6 +73,7 @@ def _configure_threads() -> None:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _run(cfg: DictConfig) -> float | None:
     from ls_bench.checkpoint import CheckpointError  # torch loads after parsing
+    from ls_bench.machine import device_for_job, release_failed_run
     from ls_bench.signals import Interrupted
     from ls_bench.train import fit
 
@@ -86,6 +87,7 @@ def _run(cfg: DictConfig) -> float | None:
     try:
         config = to_config(cfg)
         _configure_threads()
+        config.trainer.device = device_for_job(config.trainer.device, hc.job.get("num"))
         final = fit(config, run_dir)
     except (ConfigError, CheckpointError) as e:
         _fail(f"ls-bench: error: {e}", hc.mode, run_dir, type(e).__name__)
@@ -95,6 +97,7 @@ def _run(cfg: DictConfig) -> float | None:
         print(f"ls-bench: interrupted ({run_dir}): {e}; rerun the same command to resume", file=sys.stderr)
         raise SystemExit(128 + e.signum) from None
     except RunFailed as e:
+        release_failed_run(e)  # Hydra keeps the exception: its frames must not keep the model on the GPU
         _fail(f"ls-bench: run failed ({run_dir}): {e}; see failed.json", hc.mode)
     finally:
         release_lock(lock, lock_fd)

@@ -81,7 +81,8 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto | bf16 | fp16 | fp32
     channels_last: bool = True
-    compile: bool = False  # torch.compile the model
+    compile: Any = False  # false | true | a torch.compile mode: default, reduce-overhead, max-autotune
+    deterministic: bool = False  # deterministic algorithms, no cudnn.benchmark, CPU draws: exact CUDA reruns
     num_threads: int = 0  # CPU threads per run; 0 = all cores, split across parallel jobs
     progress: bool = True  # tqdm bars
     checkpoint: bool = True  # last.pt after every epoch (resume)
@@ -94,6 +95,17 @@ class MetricsConfig:
     top_k: Optional[int] = None  # extra top-k accuracy; default 5 when K >= 10
     figures: bool = True  # calibration PNGs + TensorBoard images at the end of each run (~0.3-1.8 s)
     penultimate_classes: List[int] = field(default_factory=lambda: [0, 1, 2])  # the 3 classes of penultimate.png
+
+
+@dataclass
+class EvalConfig:
+    """Evaluations beyond the clean test split (ls_bench.evaluation, ls_bench.robustness)."""
+
+    corruptions: List[str] = field(default_factory=list)  # CIFAR-10-C names, or [all]; [] = none
+    severities: List[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    ood: List[str] = field(default_factory=list)  # held_out | svhn | cifar10 | cifar100 | imagefolder | noise
+    ood_root: Optional[str] = None  # the folder of eval.ood's svhn/cifar files or of its imagefolder tree
+    bootstrap: int = 1000  # resamples of the test/ece_lo, test/ece_hi interval; 0 = none
 
 
 @dataclass
@@ -113,6 +125,7 @@ class Config:
     sched: SchedConfig = field(default_factory=SchedConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     seeds: SeedsConfig = field(default_factory=SeedsConfig)
 
@@ -121,7 +134,7 @@ class Config:
 # runs across them, and a run directory resumes across them.
 NOT_COMPUTED = frozenset({"trainer.progress", "trainer.device", "trainer.num_threads", "trainer.checkpoint",
                           "data.root", "data.cache_dir", "data.download", "metrics.figures",
-                          "metrics.penultimate_classes"})
+                          "metrics.penultimate_classes", "eval.ood_root"})
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -148,6 +161,7 @@ def _finite(x: float) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
+COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 SIZE_HELP = "a count (a whole number >= 1) or a fraction in (0, 1) of the images there"
 
 
@@ -213,6 +227,8 @@ def validate(cfg: Config) -> None:
            t.device, "auto, cpu, cuda or cuda:N")
     _check(t.precision in ("auto", "bf16", "fp16", "fp32"), "trainer.precision", t.precision,
            "auto, bf16, fp16 or fp32")
+    _check(t.compile in COMPILE_MODES, "trainer.compile", t.compile,
+           "false, true, default, reduce-overhead, max-autotune or max-autotune-no-cudagraphs")
     _check(t.num_threads >= 0, "trainer.num_threads", t.num_threads, "must be >= 0 (0 = automatic)")
     _check(cfg.metrics.n_bins >= 1, "metrics.n_bins", cfg.metrics.n_bins, "must be >= 1")
     _check(cfg.metrics.top_k is None or cfg.metrics.top_k >= 1, "metrics.top_k", cfg.metrics.top_k,

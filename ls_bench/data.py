@@ -159,8 +159,11 @@ def _chunked(fn: Callable[[list[str]], list], items: list[str], workers: int = 8
 
     size = max(256, -(-len(items) // (4 * workers)))
     chunks = [items[i:i + size] for i in range(0, len(items), size)]
-    with ThreadPoolExecutor(min(workers, max(1, len(chunks)))) as ex:
+    ex = ThreadPoolExecutor(min(workers, max(1, len(chunks))))
+    try:
         return [r for part in ex.map(fn, chunks) for r in part]
+    finally:  # on Ctrl-C (or a bad file) the queued chunks are dropped, not decoded to the end first
+        ex.shutdown(wait=True, cancel_futures=True)
 
 
 def _decode_some(paths: list[str]) -> list[Tensor]:
@@ -467,20 +470,20 @@ def channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
 # --- the loader ----------------------------------------------------------------------------------
 
 
-def random_crop_flip(x: Tensor, pad: int, g: torch.Generator) -> Tensor:
-    """Per-sample random crop of the zero-padded batch plus horizontal flip with p = 1/2.
+def draw_crop_flip(batch: int, pad: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """One batch's crop offsets [2, B] (uniform on 0..2·pad per axis) and flips [B] (p = 1/2), on the CPU."""
+    return torch.randint(0, 2 * pad + 1, (2, batch), generator=g), torch.rand(batch, generator=g) < 0.5
 
-    Distributionally torchvision's RandomCrop(H, padding=pad) + RandomHorizontalFlip(): each
-    offset is uniform on {0, ..., 2*pad} independently per axis and per sample. x: [B, C, H, W]
-    in any memory layout; the result has channels_last strides (what the model wants).
+
+def crop_flip(x: Tensor, pad: int, off: Tensor, flip: Tensor) -> Tensor:
+    """The crop of the zero-padded batch at offsets `off` [2, B], flipped where `flip` [B], both on x's device.
 
     One gather of whole pixels from the padded batch laid out [B, H+2p, W+2p, C]: ~3x faster on
     the CPU than advanced indexing with four broadcast index tensors (one index per byte).
+    The result has channels_last strides (what the model wants).
     """
     B, C, H, W = x.shape
     dev = x.device
-    off = torch.randint(0, 2 * pad + 1, (2, B), generator=g).to(dev, non_blocking=True)
-    flip = (torch.rand(B, generator=g) < 0.5).to(dev, non_blocking=True)
     Hp, Wp = H + 2 * pad, W + 2 * pad
     xp = x.new_zeros(B, Hp, Wp, C)
     xp[:, pad:pad + H, pad:pad + W] = x.permute(0, 2, 3, 1)
@@ -490,6 +493,17 @@ def random_crop_flip(x: Tensor, pad: int, g: torch.Generator) -> Tensor:
     pixel = (torch.arange(B, device=dev)[:, None, None] * Hp + rows[:, :, None]) * Wp + cols[:, None, :]
     out = xp.view(B * Hp * Wp, C).index_select(0, pixel.view(-1))  # [B*H*W, C]
     return out.view(B, H, W, C).permute(0, 3, 1, 2)
+
+
+def random_crop_flip(x: Tensor, pad: int, g: torch.Generator) -> Tensor:
+    """Per-sample random crop of the zero-padded batch plus horizontal flip with p = 1/2.
+
+    Distributionally torchvision's RandomCrop(H, padding=pad) + RandomHorizontalFlip(): each
+    offset is uniform on {0, ..., 2*pad} independently per axis and per sample. x: [B, C, H, W]
+    in any memory layout; the result has channels_last strides.
+    """
+    off, flip = draw_crop_flip(len(x), pad, g)
+    return crop_flip(x, pad, off.to(x.device), flip.to(x.device))
 
 
 class Normalize:
@@ -518,13 +532,31 @@ def train_batches(split: Split, batch_size: int, seed: int, augment: bool,
     """
     g = torch.Generator().manual_seed(seed)
     n = len(split)
-    perm = torch.randperm(n, generator=g).to(split.y.device, non_blocking=True)
-    for i in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
+    dev = split.y.device
+    perm = torch.randperm(n, generator=g)
+    starts = range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size)
+    sizes = [min(batch_size, n - i) for i in starts]
+    # The epoch's augmentation draws, made at its start in the order the per-batch draws had (so the
+    # batches are the same as before and device-independent), then one copy to the device: a
+    # per-step copy from pageable memory would wait for the GPU's queue.
+    draws = [draw_crop_flip(b, 4, g) for b in sizes] if augment else []
+    perm = _to_device(perm, dev)
+    if augment:
+        offs = _to_device(torch.cat([o for o, _ in draws], dim=1), dev)
+        flips = _to_device(torch.cat([f for _, f in draws]), dev)
+    for i in starts:
         idx = perm[i:i + batch_size]
         x = split.x[idx]
         if augment:
-            x = random_crop_flip(x, 4, g)
+            x = crop_flip(x, 4, offs[:, i:i + len(idx)], flips[i:i + len(idx)])
         yield norm(x), split.y[idx], idx
+
+
+def _to_device(t: Tensor, device: torch.device) -> Tensor:
+    """One host-to-device copy, from pinned memory on CUDA so it does not wait for the GPU's queue."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def eval_batches(split: Split, batch_size: int, norm: Normalize) -> Iterator[tuple[Tensor, Tensor]]:

@@ -15,7 +15,7 @@ import logging
 import math
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -26,17 +26,19 @@ from tqdm.auto import tqdm
 
 from ls_bench import __version__
 from ls_bench.calibration import fit_temperature
-from ls_bench.checkpoint import CheckpointError, check_same_run, load_training_state, save_checkpoint
+from ls_bench.checkpoint import CheckpointError, check_same_run, load_checkpoint, restore_training_state, save_checkpoint
 from ls_bench.config import Config, SchedConfig, flat_config
 from ls_bench.data import Dataset, Normalize, Split, check_dataset, eval_batches, load_dataset, train_batches
 from ls_bench.errors import RunFailed, bad, first_line
 from ls_bench.files import atomic_write, write_json
 from ls_bench.logs import RunLogger, truncate_jsonl
 from ls_bench.losses import Criterion, as_multiclass, check_loss, make_criterion
-from ls_bench.machine import (autocast, git_commit, precision_name, resolve_device, resolve_precision, set_threads,
-                              tune_allocator)
+from ls_bench.machine import (PRECISIONS, autocast, configure_backends, git_commit, is_out_of_memory,
+                              precision_name, resolve_device, resolve_precision, set_threads, tune_allocator)
 from ls_bench.metrics import compute_metrics, default_top_k
 from ls_bench.models import build_model, check_model
+from ls_bench.robustness import check_eval, ood_results, shift_metrics
+from ls_bench.evaluation import evaluate_split
 from ls_bench.seeds import derive_seed, run_seeds
 from ls_bench.signals import Interrupted, StopFlag, stop_on_signals
 
@@ -90,6 +92,12 @@ class Run:
     steps: int  # optimizer steps per epoch
     top_k: int | None
     machine: dict[str, Any] = field(default_factory=dict)  # threads, allocator: for run_info.json
+    backends: dict[str, Any] = field(default_factory=dict)  # TF32, determinism: for run_info.json
+
+    def loss_generator(self, seed: int) -> torch.Generator:
+        """label_flip's random numbers: on the run's device, or the CPU for exact reruns on CUDA."""
+        where = "cpu" if self.cfg.trainer.deterministic else self.device
+        return torch.Generator(where).manual_seed(seed)
 
     def amp(self) -> contextlib.AbstractContextManager:
         return autocast(self.device, self.amp_dtype)
@@ -145,14 +153,18 @@ def train_one_epoch(run: Run, batches: Iterable[tuple[Tensor, Tensor, Tensor]], 
 @torch.inference_mode()
 def predict(model: nn.Module, split: Split, batch_size: int, norm: Normalize,
             amp: contextlib.AbstractContextManager, features: bool = False) -> Tensor:
-    """Logits (or penultimate features) of a whole split, float32 on the CPU, in large batches."""
+    """Logits (or penultimate features) of a whole split, float32 on the CPU, in large batches.
+
+    The body runs under `amp` (bf16/fp16 autocast), the last layer in float32 outside it: logits
+    rounded to bf16 (8 bits of mantissa) would put their rounding into NLL, ECE and the fitted
+    temperature."""
     model.eval()
-    fn = model.features if features else model
     out = []
     for x, _ in eval_batches(split, batch_size, norm):
         with amp:
-            z = fn(x)
-        out.append(z.float())
+            f = model.features(x)
+        f = f.float()
+        out.append(f if features else model.head(f))
     z = torch.cat(out).cpu() if out else torch.empty(0, 0)
     return z if features else as_multiclass(z)
 
@@ -179,6 +191,7 @@ def check_names(cfg: Config) -> None:
     check_dataset(cfg.data.name)
     check_model(cfg.model.name)
     check_loss(cfg.loss)
+    check_eval(cfg)
 
 
 def setup(cfg: Config) -> Run:
@@ -192,9 +205,8 @@ def setup(cfg: Config) -> Run:
     ds = load_dataset(cfg.data, seeds["noise"])
     criterion = make_criterion(cfg.loss, ds.num_classes, ds.class_counts()).to(device)
     check_metrics_against_data(cfg, ds)
+    backends = configure_backends(device, amp_dtype, cfg.trainer.deterministic)
     ds = ds.to(device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
 
     torch.manual_seed(seeds["init"])  # initial weights depend on the init seed only, never on ε
     model = build_model(cfg.model.name, ds.in_channels, criterion.num_outputs, ds.image_size).to(device)
@@ -205,11 +217,21 @@ def setup(cfg: Config) -> Run:
                                 weight_decay=o.weight_decay)
     steps = max(1, len(ds.train) // t.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, t.epochs, cfg.sched))
-    return Run(cfg, ds, criterion, model, torch.compile(model) if t.compile else model, optimizer, scheduler,
+    return Run(cfg, ds, criterion, model, compiled(model, t.compile), optimizer, scheduler,
                torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
                Normalize(ds.mean, ds.std, device, t.channels_last), device, amp_dtype, seeds, steps,
                default_top_k(ds.num_classes, cfg.metrics.top_k),
-               {"threads": threads, "allocator_tuned": allocator_tuned})
+               {"threads": threads, "allocator_tuned": allocator_tuned}, backends)
+
+
+def compiled(model: nn.Module, mode: Any) -> nn.Module:
+    """trainer.compile: false (eager), true (torch.compile's default) or a torch.compile mode;
+    "reduce-overhead" captures CUDA graphs, which pays off for small models on a GPU (a ResNet-20
+    step is a few hundred tiny kernels). Shapes are static: every training batch has the same size
+    (drop_last). Evaluation stays eager."""
+    if mode is False:
+        return model
+    return torch.compile(model) if mode is True else torch.compile(model, mode=mode)
 
 
 def check_metrics_against_data(cfg: Config, ds: Dataset) -> None:
@@ -235,8 +257,8 @@ def run_info(run: Run, config: dict[str, Any]) -> dict[str, Any]:
         "python": platform.python_version(), "device": str(run.device), "precision": precision_name(run.amp_dtype),
         **run.machine, "seeds": run.seeds, "init_sha": init_sha, "classes": ds.classes,
         "sizes": {k: len(getattr(ds, k)) for k in ("train", "val", "test")},
-        "determinism": {"cudnn_benchmark": run.device.type == "cuda", "deterministic_algorithms": False,
-                        "note": "bit-identical reruns on the CPU with the same threads; CUDA is close, not exact"},
+        "determinism": {**run.backends, "note": "bit-identical reruns on the CPU with the same threads; on CUDA "
+                        "only with trainer.deterministic=true (same GPU model, same software)"},
         "label_noise": {"rate_requested": cfg.data.label_noise.rate, "flipped": len(ds.noisy_idx),
                         "rate_realised": len(ds.noisy_idx) / len(ds.train)},
     }
@@ -281,11 +303,13 @@ def fit(cfg: Config, run_dir: Path) -> dict[str, Any]:
         return done
     (run_dir / "failed.json").unlink(missing_ok=True)
     t0 = time.perf_counter()
-    run = setup(cfg)
-    info = run_info(run, config)
-    ckpt = run_dir / "last.pt"
-    start_epoch, history = load_training_state(ckpt, run.training_state()) if ckpt.exists() else (0, [])
-    progress = Progress(history, start_epoch)
+    ckpt, progress = run_dir / "last.pt", Progress([], 0)
+    with recording_failure(run_dir, progress, t0, only_oom=True):  # from the first device allocation on
+        run = setup(cfg)
+        info = run_info(run, config)
+        if ckpt.exists():
+            run, (progress.saved_epoch, progress.history) = resume(run, ckpt)
+    start_epoch, history = progress.saved_epoch, progress.history
     log_start(run, info)
     with contextlib.ExitStack() as cleanup, recording_failure(run_dir, progress, t0):
         # From here on, a failed write (disk full, quota, permissions) is a one-line RunFailed.
@@ -309,6 +333,32 @@ def fit(cfg: Config, run_dir: Path) -> dict[str, Any]:
         return final
 
 
+def resume(run: Run, path: Path) -> tuple[Run, tuple[int, list[dict[str, Any]]]]:
+    """The run continued from last.pt, in the precision it was trained in (see adopt_precision)."""
+    state = load_checkpoint(path)
+    run = adopt_precision(run, state, path)
+    return run, restore_training_state(state, path, run.training_state())
+
+
+def adopt_precision(run: Run, state: dict[str, Any], path: Path) -> Run:
+    """A run resumes in the precision its checkpoint was trained in. `auto` resolves per machine
+    (bf16 on one, fp16 + GradScaler or fp32 on another) and trainer.device may change between
+    launches, so with precision=auto the saved precision is reused where it runs here; otherwise a
+    mismatch is refused in one line instead of mixing precisions (or failing on the scaler state)."""
+    saved, now = state.get("precision"), precision_name(run.amp_dtype)
+    if saved is None or saved == now:
+        return run
+    usable = saved in PRECISIONS and not (saved == "float16" and run.device.type != "cuda")
+    if run.cfg.trainer.precision == "auto" and usable:
+        log.info("resuming in %s, the precision %s was trained in (auto would pick %s here)", saved, path, now)
+        dtype = PRECISIONS[saved]
+        return replace(run, amp_dtype=dtype, scaler=torch.amp.GradScaler(run.device.type,
+                                                                       enabled=dtype == torch.float16))
+    raise CheckpointError(f"checkpoint {path} was trained in {saved} on {state.get('device_type', '?')}, this run "
+                          f"would use {now} on {run.device.type} (trainer.precision={run.cfg.trainer.precision}); "
+                          f"resume it where {saved} runs, or delete it to start over")
+
+
 def start_run_files(run_dir: Path, run: Run, info: dict[str, Any], start_epoch: int) -> RunLogger:
     """run_info.json, noisy_indices.npy, a metrics.jsonl without the epochs to be redone, the logger."""
     if start_epoch:
@@ -326,7 +376,7 @@ def run_epoch(run: Run, epoch: int, logits: dict[str, Tensor]) -> tuple[dict[str
     cfg, t_ep = run.cfg, time.perf_counter()
     batches = train_batches(run.ds.train, cfg.trainer.batch_size, derive_seed(run.seeds["data"], f"epoch{epoch}"),
                             run.ds.augment, run.norm)
-    g = torch.Generator(run.device).manual_seed(derive_seed(run.seeds["data"], f"flip{epoch}"))
+    g = run.loss_generator(derive_seed(run.seeds["data"], f"flip{epoch}"))
     lr = run.optimizer.param_groups[0]["lr"]  # of the epoch's first step (the scheduler steps per batch)
     try:
         m: dict[str, Any] = train_one_epoch(run, batches, g, f"epoch {epoch + 1}")
@@ -347,23 +397,28 @@ def run_epoch(run: Run, epoch: int, logits: dict[str, Tensor]) -> tuple[dict[str
 def write_checkpoint(path: Path, run: Run, epoch: int, history: list[dict[str, Any]]) -> None:
     state = {name: obj.state_dict() for name, obj in run.training_state().items()}
     try:
-        save_checkpoint(path, {**state, "epoch": epoch, "history": history})
+        save_checkpoint(path, {**state, "epoch": epoch, "history": history,
+                               "precision": precision_name(run.amp_dtype), "device_type": run.device.type})
     except OSError as e:  # disk full, quota, read-only: the previous last.pt is untouched
         raise RunFailed(f"epoch {epoch}: cannot write {path} ({e.strerror or e}); "
                         f"the checkpoint of epoch {epoch - 1} is kept") from None
 
 
 @contextlib.contextmanager
-def recording_failure(run_dir: Path, progress: Progress, t0: float) -> Iterator[None]:
+def recording_failure(run_dir: Path, progress: Progress, t0: float, only_oom: bool = False) -> Iterator[None]:
     """Turn a run's failure into failed.json and one line: a non-finite loss, a failed write,
-    running out of GPU memory. Interrupts and config errors pass through unrecorded."""
+    running out of GPU memory (also cuBLAS/cuDNN allocation failures); with `only_oom` (set-up,
+    where an OSError is a data problem with its own message) just the last. Interrupts and config
+    errors pass through unrecorded."""
     try:
         yield
-    except (RunFailed, torch.cuda.OutOfMemoryError, OSError) as e:
+    except (RunFailed, OSError, RuntimeError) as e:
+        if not (is_out_of_memory(e) or (not only_oom and isinstance(e, (RunFailed, OSError)))):
+            raise
         epochs = len(progress.history)
         if isinstance(e, OSError):
             failure = write_failure(e, epochs, progress.saved_epoch)
-        elif isinstance(e, torch.cuda.OutOfMemoryError):  # one line, like every other failure
+        elif is_out_of_memory(e):  # one line, like every other failure
             failure = RunFailed(f"epoch {epochs + 1}: out of GPU memory ({first_line(e)[:200]}); "
                                 f"lower trainer.batch_size or trainer.eval_batch_size")
         else:
@@ -406,6 +461,7 @@ def finish(run: Run, history: list[dict[str, Any]], logger: RunLogger, run_dir: 
         for s in ("val", "test"):
             m = compute_metrics(logits[s] / t, labels[s], cfg.metrics.n_bins, run.top_k)
             final.update({f"{s}_ts/{k}": v for k, v in m.items()})
+    extra_logits = final_evaluations(run, final, logits["test"], labels["test"], final.get("temperature"))
     if len(ds.noisy_idx):
         final.update(memorisation(run))
     final["epochs"] = len(history)
@@ -413,7 +469,7 @@ def finish(run: Run, history: list[dict[str, Any]], logger: RunLogger, run_dir: 
                                 "binning": "equal-width ((m-1)/M, m/M], 0 in the first bin, 1 in the last",
                                 "adaece_binning": "equal-mass: bin floor(M * #{j: conf_j < conf_i} / N)",
                                 "temperature_applied_to": "*_ts/ only"}
-    save_predictions(run_dir / "predictions.npz", logits, labels)
+    save_predictions(run_dir / "predictions.npz", logits, labels, extra_logits)
     if cfg.metrics.figures:
         write_run_figures(run, logits, labels, final.get("temperature"), logger, run_dir)
     log_final_to_tensorboard(logger, cfg, final, history[-1])
@@ -451,10 +507,35 @@ def memorisation(run: Run) -> dict[str, float]:
             "data/noise_rate_realised": len(ds.noisy_idx) / len(ds.train)}
 
 
-def save_predictions(path: Path, logits: dict[str, Tensor], labels: dict[str, Tensor]) -> None:
-    """float32 logits and int64 labels, untempered; recompute any metric later with
-    ls_bench.metrics.compute_metrics(torch.from_numpy(f["test_logits"]), ...)."""
+def final_evaluations(run: Run, final: dict[str, Any], z: Tensor, y: Tensor, temperature: float | None) -> dict:
+    """Selective classification and ECE's own uncertainty on test (and test_ts), then shift and
+    OOD when eval.* asks for them; adds to `final`, returns the OOD logits to save."""
+    cfg, t0 = run.cfg, time.perf_counter()
+    seed, n_bins = cfg.data.split_seed, cfg.metrics.n_bins
+    final.update({f"test/{k}": v for k, v in evaluate_split(z, y, n_bins, cfg.eval.bootstrap, seed).items()})
+    if temperature is not None:
+        m = evaluate_split(z / temperature, y, n_bins, cfg.eval.bootstrap, seed)
+        final.update({f"test_ts/{k}": v for k, v in m.items()})
+
+    def predict_split(split: Split) -> Tensor:
+        return predict(run.model, split, cfg.trainer.eval_batch_size, run.norm, run.amp())
+
+    extra: dict[str, Any] = {}
+    if cfg.eval.corruptions:
+        final.update(shift_metrics(run, temperature, predict_split))
+    if cfg.eval.ood:
+        m, extra = ood_results(run, z, predict_split)
+        final.update(m)
+    log.info("final evaluations (selective, bootstrap, shift, OOD): %.2f s", time.perf_counter() - t0)
+    return extra
+
+
+def save_predictions(path: Path, logits: dict[str, Tensor], labels: dict[str, Tensor],
+                     extra: dict[str, Any] | None = None) -> None:
+    """float32 logits and int64 labels, untempered (and eval.ood's `ood_<source>_logits`); recompute
+    any metric later with ls_bench.metrics.compute_metrics(torch.from_numpy(f["test_logits"]), ...)."""
     arrays = {f"{s}_{k}": v for s in logits for k, v in (("logits", logits[s].numpy()), ("labels", labels[s].numpy()))}
+    arrays.update(extra or {})
     # np.savez adds ".npz" to a name without it: write to an open file instead of the temporary's name.
     atomic_write(path, lambda tmp: _savez(tmp, arrays))
 

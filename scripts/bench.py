@@ -32,7 +32,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -50,23 +49,6 @@ def prec_name(dtype) -> str:
     import torch
 
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
-
-
-def cpu_features() -> str:
-    """The CPU model and the flags that decide the speed of a step: AVX2, AVX512 (F, BF16, VNNI),
-    AMX. Without avx512_bf16/amx_bf16 there is no native bf16: precision=auto is fp32 (~3x slower)."""
-    model, flags = platform.processor() or "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("", "unknown CPU", platform.machine()):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
-    return f"{model}; flags: {' '.join(f for f in wanted if f in flags) or 'none of ' + '/'.join(wanted)}"
 
 
 def peak_gflops(dtype, reps: int = 20) -> float:
@@ -402,7 +384,7 @@ def child(argv: list[str]) -> None:
         marks["setup_start"] = time.time() - t0
         out = orig_setup(cfg)
         marks["data_loaded"] = time.time() - t0
-        info["train_images"] = len(out[0].train)
+        info["train_images"] = len(out.ds.train)
         return out
 
     def first_marked(batches):
@@ -412,11 +394,10 @@ def child(argv: list[str]) -> None:
         yield first
         yield from it
 
-    def train_one_epoch(model, batches, *a, **kw):
+    def train_one_epoch(run, batches, *a, **kw):
         t = time.perf_counter()
-        a = list(a)
-        a[6] = k  # steps (for the progress bar)
-        out = orig_epoch(model, itertools.islice(first_marked(batches), k), *a, **kw)
+        run.steps = k  # for the progress bar
+        out = orig_epoch(run, itertools.islice(first_marked(batches), k), *a, **kw)
         info["img_per_s"] = k * batches_size[0] / (time.perf_counter() - t)
         return out
 
@@ -514,6 +495,8 @@ def main() -> None:
     peak = {"fp32": peak_gflops(torch.float32)}
     if lowp is not None:
         peak[prec_name(lowp)] = peak_gflops(lowp)
+    from ls_bench.machine import cpu_features
+
     print(f"CPU: {cpu_features()}")
     print(f"torch {torch.__version__}, {threads} threads, CPU bf16 autocast: {lowp is not None}; load average "
           f"{os.getloadavg()[0]:.1f}; GEMM peak " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))

@@ -299,3 +299,21 @@ def test_a_fraction_too_big_for_the_data_names_what_it_resolved_to() -> None:
 
     with pytest.raises(ConfigError, match=r"data.val_size=0.999 \(292 images\) is invalid: must be < the 292 "):
         load_dataset(DataConfig(classes=[3, 5], val_size=0.999))
+
+
+def test_epoch_draws_made_up_front_give_the_batches_of_per_batch_draws() -> None:
+    """train_batches draws the epoch's crops and flips at its start (one copy to the device);
+    the batches equal those of drawing them batch by batch from the same generator."""
+    from ls_bench.data import random_crop_flip
+
+    x = torch.randint(0, 256, (300, 3, 8, 8), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    split = Split(x, torch.arange(300) % 10)
+    norm = Normalize((0.5,) * 3, (0.25,) * 3, torch.device("cpu"), channels_last=True)
+    got = list(train_batches(split, 64, seed=11, augment=True, norm=norm))
+    g = torch.Generator().manual_seed(11)
+    perm = torch.randperm(300, generator=g)
+    for i, (xb, yb, idx) in enumerate(got):
+        ref_idx = perm[64 * i:64 * (i + 1)]
+        assert torch.equal(idx, ref_idx) and torch.equal(yb, split.y[ref_idx])
+        assert torch.equal(xb, norm(random_crop_flip(split.x[ref_idx], 4, g)))
+    assert len(got) == 300 // 64

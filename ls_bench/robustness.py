@@ -1,0 +1,158 @@
+"""A finished model under dataset shift and on out-of-distribution inputs: the inputs are made
+here (corrupted test images, OOD sources), the model predicts them, evaluation.py scores them.
+
+Shift (Hendrycks & Dietterich 2019; Ovadia et al. 2019): every corruption of `eval.corruptions`
+at every severity of `eval.severities`, on the test split, seeded by `data.split_seed` so every
+run of a sweep sees the same corrupted images. Per corruption and severity `shift/<name>/s<k>/`
+acc, nll, ece and ts_ece (the ECE after the temperature fitted on the clean validation split),
+and their mean over the corruptions per severity, `shift/s<k>/...`.
+
+OOD (in-distribution = the positive class): for each source of `eval.ood`, the MSP, max-logit
+and energy scores of the test split against the source, `ood/<source>/<score>/auroc|aupr_in|fpr95`.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from torch import Tensor
+
+from ls_bench.config import Config, DataConfig
+from ls_bench.data import DATASETS, Split
+from ls_bench.errors import ConfigError, bad
+from ls_bench.evaluation import ood_metrics, ood_scores
+from ls_bench.metrics import compute_metrics
+
+if TYPE_CHECKING:
+    from ls_bench.train import Run
+
+OOD_SOURCES = ("held_out", "svhn", "cifar10", "cifar100", "imagefolder", "noise")
+
+
+def check_eval(cfg: Config) -> None:
+    """The eval section's checks that need no data (names, severities, ood_root)."""
+    from ls_bench.corruptions import check_corruptions
+
+    e = cfg.eval
+    check_corruptions(list(e.corruptions), list(e.severities))
+    for source in e.ood:
+        if source not in OOD_SOURCES:
+            raise bad("eval.ood", list(e.ood), f"sources must be among {list(OOD_SOURCES)}")
+    if len(set(e.ood)) != len(e.ood):
+        raise bad("eval.ood", list(e.ood), "sources must not repeat")
+    if "imagefolder" in e.ood and e.ood_root in (None, ""):
+        raise bad("eval.ood_root", e.ood_root, "must be set with eval.ood=[imagefolder]: an ImageFolder tree")
+    if "held_out" in e.ood and cfg.data.classes is None:
+        raise bad("eval.ood", list(e.ood), "held_out needs data.classes to leave some classes out")
+    if e.bootstrap < 0:
+        raise bad("eval.bootstrap", e.bootstrap, "must be >= 0 (0: no bootstrap interval)")
+
+
+# --- shift ---------------------------------------------------------------------------------------
+
+
+def shift_metrics(run: "Run", temperature: float | None,
+                  predict_split: Callable[[Split], Tensor]) -> dict[str, float]:
+    """`shift/<name>/s<k>/{acc,nll,ece,ts_ece}` and the per-severity means `shift/s<k>/...`."""
+    from ls_bench.corruptions import corrupt, resolve_corruptions
+
+    cfg, test = run.cfg, run.ds.test
+    names, y = resolve_corruptions(list(cfg.eval.corruptions)), test.y.cpu()
+    out: dict[str, float] = {}
+    for k in cfg.eval.severities:
+        for name in names:
+            x = corrupt(test.x, name, k, seed=cfg.data.split_seed, batch_size=cfg.trainer.eval_batch_size)
+            z = predict_split(Split(x, test.y))
+            m = compute_metrics(z, y, cfg.metrics.n_bins)
+            row = {"acc": m["acc"], "nll": m["nll"], "ece": m["ece"]}
+            if temperature is not None:
+                row["ts_ece"] = compute_metrics(z / temperature, y, cfg.metrics.n_bins)["ece"]
+            out.update({f"shift/{name}/s{k}/{key}": v for key, v in row.items()})
+        for key in ("acc", "nll", "ece", "ts_ece"):
+            values = [out[f"shift/{name}/s{k}/{key}"] for name in names if f"shift/{name}/s{k}/{key}" in out]
+            if values:
+                out[f"shift/s{k}/{key}"] = statistics.fmean(values)
+    return out
+
+
+# --- OOD sources -----------------------------------------------------------------------------------
+
+
+def held_out_images(cfg: Config) -> Tensor:
+    """The test images of the classes data.classes left out (for digits, which has no test split,
+    every image of those classes: none of them was seen in training)."""
+    train, test, classes = DATASETS[cfg.data.name](cfg.data)
+    left_out = [c for c in range(len(classes)) if c not in cfg.data.classes]
+    source = test if test is not None else train
+    return source.x[torch.isin(source.y, torch.tensor(left_out))]
+
+
+def _dataset_images(name: str, root: str | None, cfg: Config) -> Tensor:
+    """The test split of a torchvision dataset or ImageFolder tree (for a tree without test/, all of it)."""
+    if name == "imagefolder":
+        from pathlib import Path
+
+        from ls_bench.data import _cached_decode, _list_images
+
+        tree = Path(root).expanduser()
+        folder = tree / "test" if (tree / "test").is_dir() else tree
+        if not folder.is_dir():
+            raise bad("eval.ood_root", root, "must be a directory: an ImageFolder tree (its test/ split if present)")
+        files, _ = _list_images(folder)
+        return _cached_decode(DataConfig(cache_dir=cfg.data.cache_dir), "ood", files, folder).x
+    data = DataConfig(name=name, root=root or cfg.data.root or "./data", download=cfg.data.download,
+                      cache_dir=cfg.data.cache_dir)
+    train, test, _ = DATASETS[name](data)
+    return (test if test is not None else train).x
+
+
+def noise_images(like: Tensor, n: int, seed: int) -> Tensor:
+    """Uniform-noise uint8 images of the data's shape, seeded."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, *like.shape[1:]), generator=g, dtype=torch.uint8)
+
+
+def fit_shape(x: Tensor, like: Tensor, source: str) -> Tensor:
+    """OOD images in the in-distribution shape: channels converted (grey <-> RGB), then resized
+    (antialiased bilinear on uint8, torchvision). Anything else is refused in one line."""
+    from torchvision.transforms.v2 import functional as TF
+
+    c, h, w = like.shape[1:]
+    if x.shape[1] != c:
+        if x.shape[1] == 1 and c == 3:
+            x = x.expand(-1, 3, -1, -1)
+        elif x.shape[1] == 3 and c == 1:
+            x = TF.rgb_to_grayscale(x)
+        else:
+            raise ConfigError(f"eval.ood={source}: images with {x.shape[1]} channels cannot be compared with "
+                              f"{c}-channel data")
+    if tuple(x.shape[2:]) != (h, w):
+        x = TF.resize(x, [h, w], antialias=True)
+    return x.contiguous()
+
+
+def ood_inputs(run: "Run", source: str) -> Tensor:
+    cfg, like = run.cfg, run.ds.test.x
+    if source == "noise":
+        return noise_images(like, len(like), seed=cfg.data.split_seed)
+    if source == "held_out":
+        return fit_shape(held_out_images(cfg), like, source)
+    return fit_shape(_dataset_images(source, cfg.eval.ood_root, cfg), like, source)
+
+
+def ood_results(run: "Run", test_logits: Tensor,
+                predict_split: Callable[[Split], Tensor]) -> tuple[dict[str, float], dict[str, Any]]:
+    """(`ood/<source>/<score>/...` metrics, {`ood_<source>_logits`: array} for predictions.npz)."""
+    scores_in = ood_scores(test_logits)
+    metrics: dict[str, float] = {}
+    arrays: dict[str, Any] = {}
+    for source in run.cfg.eval.ood:
+        x = ood_inputs(run, source).to(run.ds.test.x.device)
+        z = predict_split(Split(x, torch.zeros(len(x), dtype=torch.long, device=x.device)))
+        arrays[f"ood_{source}_logits"] = z.numpy()
+        for score, s_out in ood_scores(z).items():
+            for k, v in ood_metrics(scores_in[score], s_out).items():
+                metrics[f"ood/{source}/{score}/{k}"] = v
+    return metrics, arrays

@@ -1,0 +1,90 @@
+"""The evaluation suites of a run end to end (eval.*): selective classification and ECE's own
+interval on test, shift under corruptions, OOD detection; their config checks; OOD shapes."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY, make_config
+from ls_bench.errors import ConfigError
+from ls_bench.evaluation import ood_metrics, ood_scores, selective_metrics
+from ls_bench.robustness import fit_shape, noise_images
+from ls_bench.train import fit
+
+SIX = "data.classes=[0,1,2,3,4,5]"
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    run = tmp_path_factory.mktemp("eval") / "run"
+    final = fit(make_config(*TINY, SIX, "metrics.figures=false", "eval.corruptions=[gaussian_noise,contrast]",
+                            "eval.severities=[1,5]", "eval.ood=[held_out,noise]", "eval.bootstrap=200"), run)
+    return run, final
+
+
+def test_selective_and_ece_interval_come_from_the_saved_logits(evaluated: tuple[Path, dict]) -> None:
+    run, final = evaluated
+    with np.load(run / "predictions.npz") as p:
+        z, y = torch.from_numpy(p["test_logits"]), torch.from_numpy(p["test_labels"])
+    ref = selective_metrics(z, y)
+    assert {k: final[f"test/{k}"] for k in ref} == pytest.approx(ref)
+    ts = selective_metrics(z / final["temperature"], y)
+    assert final["test_ts/aurc"] == pytest.approx(ts["aurc"])
+    assert 0 <= final["test/ece_lo"] <= final["test/ece_hi"] <= 1
+    assert final["test/ece_lo"] <= final["test/ece"] + 0.02 and final["test/dece"] >= 0 and final["test/smece"] >= 0
+
+
+def test_shift_has_every_corruption_and_severity_and_their_means(evaluated: tuple[Path, dict]) -> None:
+    _, final = evaluated
+    for k in (1, 5):
+        for key in ("acc", "nll", "ece", "ts_ece"):
+            per = [final[f"shift/{name}/s{k}/{key}"] for name in ("gaussian_noise", "contrast")]
+            assert final[f"shift/s{k}/{key}"] == pytest.approx(statistics.fmean(per))
+    assert final["shift/contrast/s5/acc"] < final["test/acc"]  # contrast 0.05 of the original: a real shift
+
+
+def test_ood_scores_against_the_saved_ood_logits(evaluated: tuple[Path, dict]) -> None:
+    run, final = evaluated
+    with np.load(run / "predictions.npz") as p:
+        z_in = torch.from_numpy(p["test_logits"])
+        z_noise, z_held = torch.from_numpy(p["ood_noise_logits"]), torch.from_numpy(p["ood_held_out_logits"])
+    assert z_noise.shape == (len(z_in), 6)
+    assert len(z_held) == sum(1 for _ in range(len(z_held))) and len(z_held) > 500  # digits 6..9: ~720 images
+    for source, z_out in (("noise", z_noise), ("held_out", z_held)):
+        s_in, s_out = ood_scores(z_in), ood_scores(z_out)
+        for score in ("msp", "max_logit", "energy"):
+            ref = ood_metrics(s_in[score], s_out[score])
+            assert {k: final[f"ood/{source}/{score}/{k}"] for k in ref} == pytest.approx(ref)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("eval.corruptions=[fog_of_war]", "eval.corruptions"),
+    ("eval.severities=[0,6]", "eval.severities"),
+    ("eval.ood=[held_out]", "held_out needs data.classes"),
+    ("eval.ood=[imagefolder]", "eval.ood_root=None is invalid"),
+    ("eval.ood=[mnist]", "sources must be among"),
+    ("eval.bootstrap=-1", "eval.bootstrap=-1 is invalid"),
+])
+def test_bad_eval_config_is_one_line_before_training(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        make_config(override)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_ood_images_take_the_data_shape_or_are_refused() -> None:
+    like = torch.zeros(4, 3, 32, 32, dtype=torch.uint8)
+    grey = torch.randint(0, 256, (5, 1, 8, 8), dtype=torch.uint8)
+    out = fit_shape(grey, like, "imagefolder")
+    assert out.shape == (5, 3, 32, 32) and out.dtype == torch.uint8
+    assert torch.equal(out[:, 0], out[:, 2])  # grey copied to the three channels
+    assert fit_shape(torch.zeros(2, 3, 64, 64, dtype=torch.uint8), torch.zeros(1, 1, 8, 8, dtype=torch.uint8),
+                     "svhn").shape == (2, 1, 8, 8)
+    with pytest.raises(ConfigError, match="eval.ood=imagefolder: images with 2 channels"):
+        fit_shape(torch.zeros(1, 2, 8, 8, dtype=torch.uint8), like, "imagefolder")
+    a, b = noise_images(like, 3, seed=0), noise_images(like, 3, seed=0)
+    assert torch.equal(a, b) and a.shape == (3, 3, 32, 32) and a.float().std() > 60  # uniform on 0..255: std 74
