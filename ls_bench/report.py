@@ -517,6 +517,10 @@ def report(sweep_dir: Path, plots: bool = True, out: Any = sys.stdout, metrics: 
     if drows:
         md += ["", f"Paired difference to {base.label} on the same seed: mean ± {LEVEL:.0%} CI half-width.", "",
                md_table(dhead, drows)]
+    from ls_bench.report_robustness import markdown_sections, plot_shift
+
+    sections, section_groups = markdown_sections(runs, base)  # selective, shift, OOD: when runs have them
+    md += sections
     if notes:
         md += ["", "## Unfinished runs", "", *(f"- {line}" for line in notes)]
     written = ["summary.csv", "summary.md"]
@@ -527,6 +531,9 @@ def report(sweep_dir: Path, plots: bool = True, out: Any = sys.stdout, metrics: 
             written.append("reliability_test.png")
         if plot_curves(groups, out_dir / "training_curves.png"):
             written.append("training_curves.png")
+        shift = next((g for title, g in section_groups.items() if title.startswith("Shift")), None)
+        if shift and plot_shift(shift, out_dir / "shift_vs_severity.png"):
+            written.append("shift_vs_severity.png")
         md += ["", *(f"![{n}]({n})" for n in written[2:])]
     from ls_bench.files import atomic_write_text
 
@@ -539,6 +546,9 @@ def report(sweep_dir: Path, plots: bool = True, out: Any = sys.stdout, metrics: 
     if drows:
         print(f"\npaired difference to {base.label} on the same seed: mean ± {LEVEL:.0%} CI half-width", file=out)
         print(text_table(dhead, drows), file=out)
+    if sections:
+        print(f"\nevaluation sections in summary.md: {', '.join(line[3:] for line in sections if line.startswith('## '))}",
+              file=out)
     for line in notes:
         print(line, file=out)
     print(f"wrote {', '.join(written)} in {out_dir}", file=out)

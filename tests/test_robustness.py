@@ -88,3 +88,23 @@ def test_ood_images_take_the_data_shape_or_are_refused() -> None:
         fit_shape(torch.zeros(1, 2, 8, 8, dtype=torch.uint8), like, "imagefolder")
     a, b = noise_images(like, 3, seed=0), noise_images(like, 3, seed=0)
     assert torch.equal(a, b) and a.shape == (3, 3, 32, 32) and a.float().std() > 60  # uniform on 0..255: std 74
+
+
+def test_the_sweep_report_has_the_evaluation_sections(tmp_path: Path) -> None:
+    import json
+
+    from conftest import run_cli
+
+    sweep = tmp_path / "sweep"
+    r = run_cli("-m", *TINY, SIX, "metrics.figures=false", "eval.corruptions=[contrast]", "eval.severities=[1,5]",
+                "eval.ood=[noise]", "eval.bootstrap=100", "loss.epsilon=0,0.1", f"hydra.sweep.dir={sweep}")
+    assert r.returncode == 0, r.stderr
+    md = (sweep / "summary.md").read_text()
+    for title in ("## Selective classification", "## Shift: mean over the corruptions", "## OOD detection"):
+        assert title in md
+    assert (sweep / "shift_vs_severity.png").exists() and "shift_vs_severity.png" in md
+    finals = {json.loads((p.parent / "run_info.json").read_text())["config"]["loss.epsilon"]: json.loads(p.read_text())
+              for p in sweep.glob("*/final.json")}
+    shift_part = md[md.index("## Shift"):md.index("## OOD")]
+    row = next(line for line in shift_part.splitlines() if line.startswith("| 0.1 |"))
+    assert f"{finals[0.1]['shift/s5/acc']:.4f}" in row  # one seed: the cell is that run's value

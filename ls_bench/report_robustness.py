@@ -1,0 +1,86 @@
+"""The sweep report's evaluation sections (eval.*): selective classification, shift by severity,
+OOD detection. Each section appears only when some finished run has its metrics; the numbers are
+the same mean ± std [95% CI] over seeds, with the same paired differences, as the main table."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from ls_bench.report import Baseline, Group, Run
+
+SELECTIVE = ("test/aurc", "test/eaurc", "test/risk_cov80", "test_ts/aurc", "test/ece_lo", "test/ece_hi",
+             "test/dece", "test/smece")
+SHIFT = ("acc", "nll", "ece", "ts_ece")  # per severity: shift/s<k>/<key>
+
+
+def _numeric(runs: Sequence["Run"]) -> list[str]:
+    keys: list[str] = []
+    for r in runs:
+        if r.status == "done":
+            keys += [k for k in r.final if k not in keys and r.value(k) is not None]
+    return keys
+
+
+def section_metrics(runs: Sequence["Run"]) -> dict[str, list[str]]:
+    """{section title: the final.json keys it shows}, for the sections some finished run has."""
+    keys = _numeric(runs)
+    severities = sorted({int(m.group(1)) for k in keys if (m := re.fullmatch(r"shift/s(\d+)/acc", k))})
+    sections = {
+        "Selective classification and ECE's own uncertainty": [k for k in SELECTIVE if k in keys],
+        "Shift: mean over the corruptions, by severity": [f"shift/s{s}/{key}" for s in severities for key in SHIFT
+                                                          if f"shift/s{s}/{key}" in keys],
+        "OOD detection (AUROC, in-distribution positive)": sorted(k for k in keys if re.fullmatch(r"ood/.+/auroc", k)),
+    }
+    return {title: ks for title, ks in sections.items() if ks}
+
+
+def markdown_sections(runs: Sequence["Run"], baseline: "Baseline") -> tuple[list[str], dict[str, list["Group"]]]:
+    """Markdown lines of every section, and each section's groups (for the plots)."""
+    from ls_bench.report import LEVEL, build_groups, md_table, tables
+
+    lines: list[str] = []
+    grouped: dict[str, list["Group"]] = {}
+    for title, metrics in section_metrics(runs).items():
+        groups, keys = build_groups(runs, metrics, baseline)
+        grouped[title] = groups
+        head, rows, dhead, drows = tables(groups, keys, metrics, with_ci=True, base_label=baseline.label)
+        lines += ["", f"## {title}", "", md_table(head, rows)]
+        if drows:
+            lines += ["", f"Paired difference to {baseline.label} on the same seed: mean ± {LEVEL:.0%} CI "
+                          f"half-width.", "", md_table(dhead, drows)]
+    return lines, grouped
+
+
+def plot_shift(groups: Sequence["Group"], path: Path) -> bool:
+    """shift_vs_severity.png: accuracy, ECE and ECE after temperature scaling against severity,
+    mean over seeds with 95% CI bars, a line per setting (ε and the other varying keys)."""
+    from matplotlib.figure import Figure
+
+    from ls_bench.report import _label
+
+    panels = [key for key in SHIFT if key != "nll"]
+    fig = Figure(figsize=(4.2 * len(panels), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    drawn = False
+    for ax, key in zip(axes, panels):
+        for g in groups:
+            pts = sorted((int(m.group(1)), s) for name, s in g.stats.items()
+                         if (m := re.fullmatch(rf"shift/s(\d+)/{key}", name)) and s.mean is not None)
+            if pts:
+                drawn = True
+                label = ", ".join(f"{k}={_label(v)}" for k, v in g.labels.items())
+                ax.errorbar([k for k, _ in pts], [s.mean for _, s in pts], yerr=[s.ci or 0.0 for _, s in pts],
+                            marker="o", capsize=3, label=label)
+        ax.set(xlabel="severity", ylabel=key, title={"acc": "accuracy", "ece": "ECE", "ts_ece":
+                                                     "ECE after TS (T from clean val)"}[key])
+        ax.grid(alpha=0.3)
+    if not drawn:
+        return False
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", fontsize="small", ncols=min(4, len(names)))
+    fig.suptitle("corrupted test split: mean over corruptions and seeds, error bars 95% CI")
+    fig.savefig(path, dpi=110)
+    return True
