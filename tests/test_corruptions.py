@@ -28,7 +28,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:torchvision.
 RANDOM = {"gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "glass_blur", "fog", "elastic_transform"}
 
 
-def test_images(n: int = 8, size: int = 32, seed: int = 0) -> torch.Tensor:
+def make_images(n: int = 8, size: int = 32, seed: int = 0) -> torch.Tensor:
     """uint8 [n, 3, size, size]: gradients, texture on half the pixels, flat white / black /
     random-colour blocks; image 0 is grey (R = G = B), to exercise HSV's ties."""
     rng = np.random.default_rng(seed)
@@ -42,9 +42,7 @@ def test_images(n: int = 8, size: int = 32, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(np.clip(x, 0, 255).round().astype(np.uint8))
 
 
-test_images.__test__ = False  # a helper, not a test
-
-X = test_images()
+X = make_images()
 
 
 def smooth_images(n: int = 8, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -88,7 +86,7 @@ def test_gaussian_blur_is_skimage_gaussian(severity: int) -> None:
     # skimage.filters.gaussian(multichannel=True) = scipy's gaussian_filter, mode 'nearest', truncate 4
     ref = [to_bytes(nd.gaussian_filter(im / 255., sigma=(sigma, sigma, 0), mode="nearest", truncate=4.0))
            for im in hwc(X)]
-    assert_close(CORRUPTIONS["gaussian_blur"](X, severity, None), np.stack(ref), exact=0.995)
+    assert_close(CORRUPTIONS["gaussian_blur"](X, severity, None), np.stack(ref), exact=0.9995)
 
 
 def reference_disk(radius: float, alias_blur: float) -> np.ndarray:
@@ -114,7 +112,7 @@ def test_defocus_blur_is_filter2d_with_the_reference_disk(severity: int) -> None
     # cv2.filter2D(float64 image, -1, float32 kernel): correlation, BORDER_REFLECT_101 = scipy 'mirror'
     ref = [to_bytes(np.stack([nd.correlate(im[..., ch] / 255., k.astype(np.float64), mode="mirror")
                               for ch in range(3)], -1)) for im in hwc(X)]
-    assert_close(CORRUPTIONS["defocus_blur"](X, severity, None), np.stack(ref), exact=0.999)
+    assert_close(CORRUPTIONS["defocus_blur"](X, severity, None), np.stack(ref), exact=0.9995)
 
 
 def reference_zoom_blur(img: np.ndarray, severity: int) -> np.ndarray:
@@ -134,9 +132,9 @@ def reference_zoom_blur(img: np.ndarray, severity: int) -> np.ndarray:
 @pytest.mark.parametrize("severity", [1, 2, 3, 4, 5])
 def test_zoom_blur_is_the_reference_clipped_zoom_average(severity: int) -> None:
     ref = np.stack([reference_zoom_blur(im, severity) for im in hwc(X)])
-    # The reference sums 7-26 zoomed float32 images one by one: in flat regions the sum's rounding
-    # decides between k and k - 1 (more often on these flat-block images than on CIFAR's 0.1%).
-    assert_close(CORRUPTIONS["zoom_blur"](X, severity, None), ref, exact=0.99)
+    # The reference sums 7-26 zoomed float32 images one by one, the module in float64: the same
+    # bytes but where a value lands within float32 rounding of a grey level.
+    assert_close(CORRUPTIONS["zoom_blur"](X, severity, None), ref, exact=0.999)
     assert len(C.ZOOMS[0]) == 7  # np.arange(1, 1.06, 0.01) includes 1.06: the reference's 7 zooms
 
 
@@ -145,7 +143,7 @@ def test_contrast_is_scaling_around_the_channel_mean(severity: int) -> None:
     c = [.75, .5, .4, .3, 0.15][severity - 1]
     x = hwc(X) / 255.
     means = x.mean(axis=(1, 2), keepdims=True)
-    assert_close(CORRUPTIONS["contrast"](X, severity, None), to_bytes((x - means) * c + means), exact=0.999)
+    assert_close(CORRUPTIONS["contrast"](X, severity, None), to_bytes((x - means) * c + means), exact=0.9995)
 
 
 def colorsys_map(img: np.ndarray, fn) -> np.ndarray:
@@ -182,10 +180,11 @@ def test_hsv_round_trip_and_ties() -> None:
 
 
 def pil_each(x: torch.Tensor, fn) -> np.ndarray:
-    mode = "L" if x.shape[1] == 1 else "RGB"
-    arrays = hwc(x)[..., 0] if mode == "L" else hwc(x)
-    out = np.stack([np.asarray(fn(Image.fromarray(a, mode))) for a in arrays])
-    return out[..., None] if mode == "L" else out
+    """fn over the images of x as PIL images ('L' or 'RGB'), back as [N, H, W, C] uint8."""
+    grey = x.shape[1] == 1
+    arrays = hwc(x)[..., 0] if grey else hwc(x)
+    out = np.stack([np.asarray(fn(Image.fromarray(a))) for a in arrays])
+    return out[..., None] if grey else out
 
 
 @pytest.mark.parametrize("images", [X, digits()], ids=["rgb32", "grey8"])
@@ -248,8 +247,7 @@ def test_glass_blur_is_the_reference_loop(severity: int) -> None:
     iterations = C.GLASS[severity - 1][2]
     offsets = np.random.default_rng(severity).integers(-1, 1, (4, iterations, 2, 30, 30))
     ref = np.stack([reference_glass_blur(im, severity, offsets[i]) for i, im in enumerate(hwc(x))])
-    # max 2: a first blur value truncated on the other side of a grey level moves with the shuffle
-    assert_close(C.glass_core(x, torch.from_numpy(offsets), severity), ref, exact=0.99, max_diff=2)
+    assert_close(C.glass_core(x, torch.from_numpy(offsets), severity), ref, exact=0.999)
 
 
 def reference_plasma(u: np.ndarray, decay: float, mapsize: int = 32) -> np.ndarray:
@@ -291,7 +289,7 @@ def test_fog_is_the_reference_plasma_fog(severity: int) -> None:
         max_val = x.max()
         x += c * reference_plasma(ui, decay)[..., None]
         ref.append(to_bytes(x * max_val / (max_val + c)))
-    assert_close(C.fog_core(X, torch.from_numpy(u), severity), np.stack(ref), exact=0.999)
+    assert_close(C.fog_core(X, torch.from_numpy(u), severity), np.stack(ref), exact=0.9995)
 
 
 @pytest.mark.parametrize("mode,scipy_mode", [("nearest", "nearest"), ("reflect", "reflect"), ("mirror", "mirror")])
@@ -477,6 +475,8 @@ def test_shape_dtype_and_grey_8x8_images(name: str) -> None:
     for x in (X, digits()):
         out = corrupt(x, name, 5, seed=0)
         assert out.dtype == torch.uint8 and out.shape == x.shape and out.device == x.device
+        strided = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # channels-last memory
+        assert torch.equal(corrupt(strided, name, 5, seed=0), out)
     grey = digits()
     if name == "saturate":
         assert torch.equal(corrupt(grey, name, 5, 0), grey)
