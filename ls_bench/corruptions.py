@@ -212,12 +212,12 @@ def _flat_windows(x: Tensor, rows: np.ndarray, cols: np.ndarray) -> Tensor:
     """Where the window rows[i] x cols[j] of uint8 x (non-negative integer weights: 0/1, or counts
     where a 'nearest' border repeats a pixel) holds a single grey level: its weighted sums of x and
     x^2 are n x and n x^2, n the total weight (variance 0). Both come from one float64 filter of
-    v = x + 2^15 x^2, since sum x < 2^15 keeps them apart; integers < 2^53, so exact whatever the
-    summation order. There the reference's result is a function of the grey level alone."""
+    v = x + 2^k x^2 with 2^k > 255 n, which keeps the two sums apart; all are integers < 2^53, so
+    exact whatever the summation order. There the reference's result depends on the level alone."""
     n = rows.sum(1)[:, None] * cols.sum(1)[None, :]
-    assert n.max() * 255 < 2 ** 15
+    base = 2.0 ** math.ceil(math.log2(255 * n.max() + 1))
     xd = x.double()
-    v = xd + xd * xd * 2.0 ** 15
+    v = xd + xd * xd * base
     return _apply(v, rows, cols) == torch.from_numpy(n).to(x.device) * v
 
 
