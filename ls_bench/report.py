@@ -242,6 +242,11 @@ def build_groups(runs: Sequence[Run], metrics: Sequence[str],
     return groups, keys
 
 
+def numeric_keys(runs: Sequence[Run]) -> list[str]:
+    """The final.json keys that hold a number in some finished run, in first-seen order."""
+    return list(dict.fromkeys(k for r in runs if r.status == "done" for k in r.final if r.value(k) is not None))
+
+
 def present_metrics(runs: Sequence[Run]) -> list[str]:
     return [m for m in METRICS if any(r.value(m) is not None for r in runs if r.status == "done")]
 
@@ -483,7 +488,7 @@ def choose_metrics(runs: Sequence[Run], wanted: Sequence[str] | None) -> list[st
     a number in some finished run's final.json."""
     if not wanted:
         return present_metrics(runs)
-    numeric = sorted({k for r in runs if r.status == "done" for k in r.final if r.value(k) is not None})
+    numeric = sorted(numeric_keys(runs))
     for m in wanted:
         if m not in numeric:
             raise ValueError(f"--metrics: {m!r} is not a number in any finished run's final.json; "

@@ -16,17 +16,11 @@ SELECTIVE = ("test/aurc", "test/eaurc", "test/risk_cov80", "test_ts/aurc", "test
 SHIFT = ("acc", "nll", "ece", "ts_ece")  # per severity: shift/s<k>/<key>
 
 
-def _numeric(runs: Sequence["Run"]) -> list[str]:
-    keys: list[str] = []
-    for r in runs:
-        if r.status == "done":
-            keys += [k for k in r.final if k not in keys and r.value(k) is not None]
-    return keys
-
-
 def section_metrics(runs: Sequence["Run"]) -> dict[str, list[str]]:
     """{section title: the final.json keys it shows}, for the sections some finished run has."""
-    keys = _numeric(runs)
+    from ls_bench.report import numeric_keys
+
+    keys = numeric_keys(runs)
     severities = sorted({int(m.group(1)) for k in keys if (m := re.fullmatch(r"shift/s(\d+)/acc", k))})
     sections = {
         "Selective classification and ECE's own uncertainty": [k for k in SELECTIVE if k in keys],
