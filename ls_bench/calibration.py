@@ -184,6 +184,35 @@ def confidence_histogram(logits: Tensor, labels: Tensor, n_bins: int = 15, tempe
     return fig
 
 
+def risk_coverage_curve(logits: Tensor, labels: Tensor, temperature: float | None = None, title: str = "") -> "Figure":
+    """Selective risk against coverage with the max softmax probability as the confidence
+    (Geifman & El-Yaniv 2017), the area under it (AURC) in the legend; the curve of a perfect
+    ranking with the same errors (the floor that E-AURC is measured from) dashed; and, with
+    `temperature`, the same after temperature scaling, which can reorder samples across classes."""
+    from ls_bench.evaluation import risk_coverage
+
+    check_inputs(logits, labels)
+    curves = [("before TS", 1.0, "tab:blue")]
+    if temperature is not None:
+        curves.append((f"after TS (T = {temperature:.3g})", temperature, "tab:orange"))
+    fig = _figure(4.6, 3.6, left=0.14, bottom=0.14, top=0.9)
+    ax = fig.subplots()
+    for name, t, color in curves:
+        conf, correct = confidence_correct(logits / t, labels)
+        coverage, risk = risk_coverage(conf, correct)
+        ax.plot(coverage.numpy(), risk.numpy(), color=color, linewidth=1.2,
+                label=f"{name}: AURC {float(risk.mean()):.4f}")
+    n, errors = len(labels), float((1 - correct).sum())
+    k = torch.arange(1, n + 1, dtype=torch.float64)
+    optimal = (k - (n - errors)).clamp_min(0) / k
+    ax.plot((k / n).numpy(), optimal.numpy(), "k--", linewidth=1, label=f"perfect ranking: {float(optimal.mean()):.4f}")
+    _unit_axes(ax, "coverage", "selective risk (error rate)")
+    ax.set_ylim(0, max(0.05, 1.3 * errors / n))
+    ax.legend(loc="upper left", fontsize="x-small")
+    ax.set_title(title or "risk-coverage", fontsize="small")
+    return fig
+
+
 def select_per_class(labels: Tensor, classes: Sequence[int], per_class: int = 100) -> Tensor:
     """Indices of the first `per_class` samples of each class in `classes` (fewer if the split has fewer)."""
     return torch.cat([(labels == c).nonzero().flatten()[:per_class] for c in classes])
@@ -271,6 +300,8 @@ def write_figures(logger: FigureLogger, run_dir: Path, split: SplitFigures) -> l
             logits, labels, n_bins, "test, before temperature scaling")),
         "confidence_hist": ("test/confidence_hist", lambda: confidence_histogram(
             logits, labels, n_bins, temperature, f"test confidence, {title}" if title else "test confidence")),
+        "risk_coverage": ("test/risk_coverage", lambda: risk_coverage_curve(
+            logits, labels, temperature, f"test risk-coverage, {title}" if title else "test risk-coverage")),
     }
     if temperature is not None:
         figs["reliability_test_ts"] = ("test_ts/reliability", lambda: reliability_diagram(

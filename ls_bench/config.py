@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from ls_bench.errors import bad
 
@@ -53,6 +53,23 @@ class LossConfig:
     class_weights: Any = None  # None | balanced | list of K non-negative weights
     gamma: float = 2.0  # focal loss exponent
     beta: float = 0.1  # confidence-penalty weight
+    margin: float = 10.0  # loss=margin: the logit distance m beyond which gaps are penalised
+    margin_weight: float = 0.1  # loss=margin: λ of the margin term
+    tau: float = 0.04  # loss=logit_norm: the temperature τ of z / (τ·‖z‖₂)
+    teacher: Optional[str] = None  # loss=distill: a finished run's folder, or a sweep folder holding teachers
+    teacher_select: Dict[str, Any] = field(default_factory=dict)  # config keys the teacher must have (in a sweep)
+    teacher_same_seed: bool = True  # in a sweep folder, pick the teacher with the student's seed
+    kd_alpha: float = 1.0  # loss=distill: weight α of the soft (teacher) term; 1 - α goes to the labels
+    kd_temperature: float = 4.0  # loss=distill: the temperature T of both softmaxes in the soft term
+
+
+@dataclass
+class MixConfig:
+    """mixup / CutMix of training batches (ls_bench.mixing); evaluation never mixes."""
+
+    name: str = "none"  # none | mixup | cutmix
+    alpha: float = 1.0  # λ ~ Beta(α, α)
+    prob: Optional[float] = None  # probability a batch is mixed; null: mixup 1, cutmix 0.5 (the authors' CIFAR settings)
 
 
 @dataclass
@@ -103,6 +120,7 @@ class EvalConfig:
 
     corruptions: List[str] = field(default_factory=list)  # CIFAR-10-C names, or [all]; [] = none
     severities: List[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    shift_size: Optional[float] = None  # test images corrupted: null = all, a count or a fraction (stratified)
     ood: List[str] = field(default_factory=list)  # held_out | svhn | cifar10 | cifar100 | imagefolder | noise
     ood_root: Optional[str] = None  # the folder of eval.ood's svhn/cifar files or of its imagefolder tree
     bootstrap: int = 1000  # resamples of the test/ece_lo, test/ece_hi interval; 0 = none
@@ -121,6 +139,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -196,6 +215,12 @@ def validate(cfg: Config) -> None:
     _check(_finite(lo.epsilon) and 0 <= lo.epsilon < 1, "loss.epsilon", lo.epsilon, "must be in [0, 1)")
     _check(_finite(lo.gamma) and lo.gamma >= 0, "loss.gamma", lo.gamma, "must be >= 0")
     _check(_finite(lo.beta) and lo.beta >= 0, "loss.beta", lo.beta, "must be >= 0")
+    _check(_finite(lo.margin) and lo.margin >= 0, "loss.margin", lo.margin, "must be >= 0")
+    _check(_finite(lo.margin_weight) and lo.margin_weight >= 0, "loss.margin_weight", lo.margin_weight, "must be >= 0")
+    _check(_finite(lo.tau) and lo.tau > 0, "loss.tau", lo.tau, "must be > 0")
+    _check(_finite(lo.kd_alpha) and 0 <= lo.kd_alpha <= 1, "loss.kd_alpha", lo.kd_alpha, "must be in [0, 1]")
+    _check(_finite(lo.kd_temperature) and lo.kd_temperature > 0, "loss.kd_temperature", lo.kd_temperature,
+           "must be > 0")
     _check(d.name == "digits" or d.root not in (None, "???", ""), "data.root", d.root,
            f"must be set for data={d.name}, e.g. data.root=path/to/data")
     _check(_split_size(d.val_size) or d.val_size == 0, "data.val_size", _shown(d.val_size), f"must be >= 0: 0 (no "
@@ -236,5 +261,7 @@ def validate(cfg: Config) -> None:
     pc = list(cfg.metrics.penultimate_classes)
     _check(len(pc) == 3 and len(set(pc)) == 3 and min(pc) >= 0, "metrics.penultimate_classes", pc,
            "three different labels >= 0, e.g. [0,1,2]")
+    _check(cfg.eval.shift_size is None or _split_size(cfg.eval.shift_size), "eval.shift_size",
+           _shown(cfg.eval.shift_size), f"must be null (the whole test split) or > 0: {SIZE_HELP}")
     if cfg.metrics.temperature_scaling:
         _check(d.val_size > 0, "data.val_size", _shown(d.val_size), "must be > 0 when metrics.temperature_scaling=true")

@@ -2,9 +2,12 @@
 sample, then one soft cross-entropy, plus optional logit terms.
 
     target builders  (x, y, g) -> (x, q): smoothing with any prior (`Smoothed`), stochastic
-                     flipping (`Flipped`); mixing and a teacher compose after them
+                     flipping (`Flipped`); mixing (ls_bench.mixing) and a teacher's logits
+                     (ls_bench.teacher) compose after them into a `Batch`
+    logit transform  LogitNorm's z / (τ·‖z‖₂) before the softmax of the training loss
     soft CE          -Σ_k w_k q_k log p_k (focal: its (1 - p_k)^γ-modulated form)
-    logit terms      per-sample penalties added to it (the confidence penalty)
+    logit terms      per-sample penalties added to it (the confidence penalty, the MbLS margin)
+    distillation     (1-α)·soft CE + α·T²·KL(teacher ‖ student), per sample
     the batch mean   Σ_i per_i / Σ_i w_{y_i}  (the plain mean without class weights)
 Binary LS on one sigmoid output stays its own exact path (`binary_cross_entropy_with_logits`).
 
@@ -27,7 +30,7 @@ does, is a bug: it is not PyTorch's loss and it changes the balance of the two t
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +39,7 @@ from torch import Tensor
 from ls_bench.config import LossConfig
 from ls_bench.errors import ConfigError, bad
 
-LOSSES = ("label_smoothing", "label_flip", "focal", "confidence_penalty", "binary")
+LOSSES = ("label_smoothing", "label_flip", "focal", "confidence_penalty", "margin", "logit_norm", "distill", "binary")
 PRIORS = ("uniform", "others", "class_prior")
 PRIOR_HELP = "uniform, others, class_prior or a list of K non-negative numbers that sum to 1"
 WEIGHTS_HELP = "null, balanced or a list of K finite non-negative weights, not all 0"
@@ -226,6 +229,69 @@ class ConfidencePenalty:
         return self.beta * (neg_entropy if weight is None else neg_entropy * weight[labels])
 
 
+@dataclass(frozen=True)
+class MarginPenalty:
+    """Margin-based label smoothing, MbLS (Liu et al., CVPR 2022, eq. 7): CE + λ·mean_{i,k}
+    max(0, max_j z_ij - z_ik - m) on the raw logits. Per sample: λ·Σ_k max(0, d_ik - m) / K, so the
+    batch mean is the authors' mean over B·K terms (their `F.relu(diff - margin).mean()`): λ's
+    effect scales with 1/K. With class weights the term of sample i is weighted by w_{y_i}."""
+
+    margin: float
+    weight: float
+
+    def __call__(self, logits: Tensor, logq: Tensor, labels: Tensor, weight: Tensor | None) -> Tensor:
+        z = logits.float()
+        gaps = z.max(dim=1, keepdim=True).values - z  # d_ik >= 0, 0 for the largest logit
+        per = self.weight * F.relu(gaps - self.margin).mean(1)
+        return per if weight is None else per * weight[labels]
+
+
+@dataclass(frozen=True)
+class LogitNorm:
+    """LogitNorm (Wei et al., ICML 2022, eq. 6): the training loss sees z / (τ·‖z‖₂), with the
+    authors' 1e-7 added to the norm; only in training, evaluation scores the raw logits, as in the
+    paper. A positive scale per sample, so the argmax (training accuracy) is unchanged."""
+
+    tau: float
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        return logits / ((logits.norm(p=2, dim=1, keepdim=True) + 1e-7) * self.tau)
+
+
+def kd_per_sample(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """T²·KL(softmax(z_t/T) ‖ softmax(z/T)) per sample, [B] (Hinton, Vinyals & Dean 2015): the T²
+    keeps the soft term's gradient on the scale of the hard term's as T changes. Its batch mean
+    equals T²·torch.nn.KLDivLoss(reduction="batchmean")(log_softmax(z/T), softmax(z_t/T))."""
+    T = temperature
+    log_p_t = F.log_softmax(teacher_logits.float() / T, dim=1)
+    log_p = F.log_softmax(student_logits.float() / T, dim=1)
+    return T * T * (log_p_t.exp() * (log_p_t - log_p)).sum(1)
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """L = (1-α)·H(p'(y), q) + α·T²·KL(softmax(z_t/T) ‖ softmax(z/T)) per sample; with class
+    weights the soft term of sample i is weighted by w_{y_i}, like its cross-entropy."""
+
+    alpha: float
+    temperature: float
+
+    def combine(self, per_ce: Tensor, logits: Tensor, teacher_logits: Tensor, labels: Tensor,
+                weight: Tensor | None) -> Tensor:
+        kd = kd_per_sample(logits, teacher_logits, self.temperature)
+        return (1 - self.alpha) * per_ce + self.alpha * (kd if weight is None else kd * weight[labels])
+
+
+class Batch(NamedTuple):
+    """A training batch as the loss sees it (Criterion.targets)."""
+
+    x: Tensor  # the model's input, [B, C, H, W] (mixed when the run mixes)
+    q: Tensor  # the target distribution per sample, [B, K]
+    labels: Tensor  # the given labels, [B]: class weights' denominator Σ_i w_{y_i}
+    acc_labels: Tensor  # what training accuracy counts against: the dominant label of a mixed pair
+    teacher: Tensor | None = None  # loss=distill: the teacher's logits on x, [B, K]
+
+
 # --- the configured loss ----------------------------------------------------------------------------
 
 
@@ -233,8 +299,9 @@ class ConfidencePenalty:
 class Criterion:
     """The training loss of a run, assembled once from the config (make_criterion).
 
-    A training step calls `x, q = criterion.targets(x, y, g)`, runs the model on x, then
-    `criterion.loss(logits, q, y)`; `criterion(logits, y, g)` does both for an unmixed batch.
+    A training step calls `batch = criterion.targets(x, y, g, mix_g, idx)`, runs the model on
+    batch.x, then `criterion.loss(logits, batch)`; `criterion(logits, y, g)` does both for an
+    unmixed batch without a teacher.
     """
 
     num_classes: int
@@ -243,6 +310,10 @@ class Criterion:
     gamma: float = 0.0  # focal exponent (0: cross-entropy)
     penalties: tuple[Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor], ...] = ()
     binary: bool = False  # one sigmoid output, binary LS
+    logit_norm: LogitNorm | None = None
+    mixer: Callable[[Tensor, Tensor, torch.Generator], Any] | None = None  # ls_bench.mixing.Mixer
+    teacher: Callable[[Tensor, Tensor | None], Tensor] | None = None  # ls_bench.teacher.Teacher
+    distill: Distillation | None = None
 
     @property
     def num_outputs(self) -> int:
@@ -256,26 +327,42 @@ class Criterion:
         """The (expected) soft target p' per sample, [B, K]; for label_flip it is E[onehot(ỹ)]."""
         return self.target.expected(labels)
 
-    def targets(self, x: Tensor, labels: Tensor, g: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        """(the model's input, the target distribution q [B, K]) of a batch."""
-        return self.target(x, labels, g)
+    def targets(self, x: Tensor, labels: Tensor, g: torch.Generator | None, mix_g: torch.Generator | None = None,
+                idx: Tensor | None = None) -> Batch:
+        """The batch the loss sees: targets from the labels (g: label_flip's draws), mixed with a
+        partner (mix_g: the data seed's stream), then the teacher's logits on what the model sees
+        (idx: the samples' positions in the training split, for the teacher's cache)."""
+        x, q = self.target(x, labels, g)
+        acc_labels = labels
+        if self.mixer is not None:
+            from ls_bench.mixing import dominant
 
-    def loss(self, logits: Tensor, q: Tensor, labels: Tensor) -> Tensor:
-        """The batch loss; logits [B, K] ([B, 1] for binary), q [B, K], labels [B] int64."""
+            mixed = self.mixer(x, q, mix_g)
+            x, q, acc_labels = mixed.x, mixed.t, dominant(labels, mixed.lam, mixed.perm)
+            idx = None if mixed.lam < 1 else idx  # a mixed batch is new images: no cached teacher logits
+        teacher = self.teacher(x, idx) if self.teacher is not None else None
+        return Batch(x, q, labels, acc_labels, teacher)
+
+    def loss(self, logits: Tensor, batch: Batch) -> Tensor:
+        """The batch loss; logits [B, K] ([B, 1] for binary)."""
+        q, labels = batch.q, batch.labels
         if self.binary:
             # Binary LS, label-noise convention: y' = (1-ε)y + ε(1-y) = q[:, 1] (prior `others` at
             # K = 2), one sigmoid output z; equals softmax LS on logits [0, z] at uniform 2ε.
             return F.binary_cross_entropy_with_logits(logits.float().squeeze(1), q[:, 1])
-        logq = F.log_softmax(logits.float(), dim=1)
+        z = logits.float() if self.logit_norm is None else self.logit_norm(logits.float())
+        logq = F.log_softmax(z, dim=1)
         per = soft_ce_per_sample(logq, q, self.weight, self.gamma)
         for term in self.penalties:
             per = per + term(logits, logq, labels, self.weight)
+        if self.distill is not None:
+            per = self.distill.combine(per, logits, batch.teacher, labels, self.weight)
         return batch_mean(per, labels, self.weight)
 
     def __call__(self, logits: Tensor, labels: Tensor, g: torch.Generator | None = None) -> Tensor:
-        """The loss of an unmixed batch: targets from the labels, then the loss."""
-        _, q = self.targets(logits, labels, g)
-        return self.loss(logits, q, labels)
+        """The loss of an unmixed batch without a teacher: targets from the labels, then the loss."""
+        _, q = self.target(logits, labels, g)
+        return self.loss(logits, Batch(logits, q, labels, labels))
 
     def to(self, device: torch.device) -> "Criterion":
         """Every constant tensor on `device`, once (a per-step copy would wait for the GPU's queue)."""
@@ -283,17 +370,31 @@ class Criterion:
                        weight=None if self.weight is None else self.weight.to(device))
 
 
-def make_criterion(cfg: LossConfig, num_classes: int, class_counts: Tensor) -> Criterion:
+def logit_terms(cfg: LossConfig) -> tuple[Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor], ...]:
+    if cfg.name == "confidence_penalty":
+        return (ConfidencePenalty(float(cfg.beta)),)
+    if cfg.name == "margin":
+        return (MarginPenalty(float(cfg.margin), float(cfg.margin_weight)),)
+    return ()
+
+
+def make_criterion(cfg: LossConfig, num_classes: int, class_counts: Tensor, mixer: Any = None,
+                   teacher: Any = None) -> Criterion:
     """Build and check the loss for a dataset with `num_classes` classes; errors are one line.
-    The ranges that need no data (ε, γ, β) are checked once, in config.validate."""
-    check_loss(cfg)
+    The ranges that need no data (ε, γ, β, m, λ, τ, α, T) are checked once, in config.validate;
+    mixer (ls_bench.mixing.make_mixer) and teacher (ls_bench.teacher.load_teacher) come built."""
     if cfg.name == "binary" and num_classes != 2:
         raise ConfigError(f"loss.name='binary' needs 2 classes but the data has {num_classes}; "
                           f"pick two with data.classes=[a,b]")
+    if (cfg.name == "distill") != (teacher is not None):
+        raise ValueError("loss=distill needs a teacher, and only loss=distill takes one")
     prior = prior_vector(cfg.prior, num_classes, class_counts)
     weight = class_weight_vector(cfg.class_weights, num_classes, class_counts)
     builder = Flipped if cfg.name == "label_flip" else Smoothed
     return Criterion(num_classes, builder(num_classes, float(cfg.epsilon), prior), weight,
-                     gamma=float(cfg.gamma) if cfg.name == "focal" else 0.0,
-                     penalties=(ConfidencePenalty(float(cfg.beta)),) if cfg.name == "confidence_penalty" else (),
-                     binary=cfg.name == "binary")
+                     gamma=float(cfg.gamma) if cfg.name == "focal" else 0.0, penalties=logit_terms(cfg),
+                     binary=cfg.name == "binary",
+                     logit_norm=LogitNorm(float(cfg.tau)) if cfg.name == "logit_norm" else None,
+                     mixer=mixer, teacher=teacher,
+                     distill=Distillation(float(cfg.kd_alpha), float(cfg.kd_temperature)) if teacher is not None
+                     else None)

@@ -149,6 +149,19 @@ def check_mix(name: str, alpha: float, prob: float | None) -> None:
                                     "or a probability in [0, 1]")
 
 
+# Losses whose target is not a distribution to mix: binary LS's one sigmoid output, and label_flip,
+# whose flipped one-hot label is a draw, not the expected target.
+UNMIXABLE = {"binary": "one sigmoid output with its own target", "label_flip": "a flipped one-hot label per visit"}
+
+
+def check_mix_with_loss(mix_name: str, loss_name: str) -> None:
+    """mix.name other than none is refused with a loss that has no soft target to mix."""
+    if mix_name != "none" and loss_name in UNMIXABLE:
+        raise bad("mix.name", mix_name, f"none with loss={loss_name} ({UNMIXABLE[loss_name]}); mixing works with "
+                                        f"the soft-target losses: label_smoothing, focal, confidence_penalty, margin, "
+                                        f"logit_norm, distill")
+
+
 @dataclass(frozen=True)
 class Mixer:
     """A named mixing method with its α and prob: `mixer(x, t, g) -> Mixed(x, t, lam, perm)`.

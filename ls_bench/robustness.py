@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ls_bench.config import Config, DataConfig
-from ls_bench.data import DATASETS, Split
+from ls_bench.data import DATASETS, Split, sized, split_count, stratified_split
 from ls_bench.errors import ConfigError, bad
 from ls_bench.evaluation import ood_metrics, ood_scores
 from ls_bench.metrics import compute_metrics
@@ -53,12 +53,32 @@ def check_eval(cfg: Config) -> None:
 # --- shift ---------------------------------------------------------------------------------------
 
 
+def check_eval_against_data(cfg: Config, test: Split) -> None:
+    """The eval settings that need the data: eval.shift_size fits in the test split."""
+    size = cfg.eval.shift_size
+    if cfg.eval.corruptions and size is not None and split_count(size, len(test)) > len(test):
+        raise bad("eval.shift_size", sized(size, split_count(size, len(test))),
+                  f"must be <= the {len(test)} test images")
+
+
+def shift_split(test: Split, size: float | None, seed: int) -> Split:
+    """The test images that eval.shift_size keeps for corruption: all of them (null), or a
+    class-stratified sample of that count or fraction, drawn with data.split_seed (the same images
+    in every run of a sweep)."""
+    n = len(test) if size is None else split_count(size, len(test))
+    if n >= len(test):
+        return test
+    _, held = stratified_split(test.y.cpu(), n, seed)
+    return test.take(held)
+
+
 def shift_metrics(run: "Run", temperature: float | None,
                   predict_split: Callable[[Split], Tensor]) -> dict[str, float]:
     """`shift/<name>/s<k>/{acc,nll,ece,ts_ece}` and the per-severity means `shift/s<k>/...`."""
     from ls_bench.corruptions import corrupt, resolve_corruptions
 
-    cfg, test = run.cfg, run.ds.test
+    cfg = run.cfg
+    test = shift_split(run.ds.test, cfg.eval.shift_size, cfg.data.split_seed)
     names, y = resolve_corruptions(list(cfg.eval.corruptions)), test.y.cpu()
     out: dict[str, float] = {}
     for k in cfg.eval.severities:

@@ -36,11 +36,13 @@ from ls_bench.losses import Criterion, as_multiclass, check_loss, make_criterion
 from ls_bench.machine import (PRECISIONS, autocast, configure_backends, git_commit, is_out_of_memory,
                               precision_name, resolve_device, resolve_precision, set_threads, tune_allocator)
 from ls_bench.metrics import compute_metrics, default_top_k
+from ls_bench.mixing import check_mix, check_mix_with_loss, make_mixer
 from ls_bench.models import build_model, check_model
-from ls_bench.robustness import check_eval, ood_results, shift_metrics
+from ls_bench.robustness import check_eval, check_eval_against_data, ood_results, shift_metrics
 from ls_bench.evaluation import evaluate_split
 from ls_bench.seeds import derive_seed, run_seeds
 from ls_bench.signals import Interrupted, StopFlag, stop_on_signals
+from ls_bench.teacher import check_teacher, load_teacher, teacher_record
 
 __all__ = ["CheckpointError", "Interrupted", "RunFailed", "fit", "lr_factor", "predict", "train_one_epoch"]
 
@@ -111,9 +113,10 @@ class Run:
 
 
 def train_one_epoch(run: Run, batches: Iterable[tuple[Tensor, Tensor, Tensor]], g: torch.Generator,
-                    desc: str) -> dict[str, float]:
-    """One pass over the batches. Loss and accuracy accumulate on the device and are read once
-    every NAN_CHECK_EVERY steps (NaN check, progress bar) and at the end, so the device never waits."""
+                    desc: str, mix_g: torch.Generator | None = None) -> dict[str, float]:
+    """One pass over the batches (g: label_flip's draws, mix_g: mixup/CutMix's, on the CPU). Loss
+    and accuracy accumulate on the device and are read once every NAN_CHECK_EVERY steps (NaN check,
+    progress bar) and at the end, so the device never waits."""
     model, criterion, optimizer, scaler = run.train_model, run.criterion, run.optimizer, run.scaler
     model.train()
     loss_sum = torch.zeros((), device=run.device)
@@ -124,10 +127,10 @@ def train_one_epoch(run: Run, batches: Iterable[tuple[Tensor, Tensor, Tensor]], 
     for step, (x, y, idx) in enumerate(bar):
         StopFlag.check(f"at step {step} of the epoch")
         order.append(idx)
-        x, q = criterion.targets(x, y, g)  # the target distribution per sample, [B, K]
+        batch = criterion.targets(x, y, g, mix_g, idx)  # input (mixed?), target distribution [B, K], teacher
         with run.amp():
-            logits = model(x)
-        loss = criterion.loss(logits, q, y)
+            logits = model(batch.x)
+        loss = criterion.loss(logits, batch)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -136,7 +139,7 @@ def train_one_epoch(run: Run, batches: Iterable[tuple[Tensor, Tensor, Tensor]], 
         loss = loss.detach()
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), step, first_bad)
         loss_sum += loss * len(y)
-        correct += (as_multiclass(logits.detach()).argmax(1) == y).sum()
+        correct += (as_multiclass(logits.detach()).argmax(1) == batch.acc_labels).sum()  # mixed: the dominant label
         seen += len(y)
         if (step + 1) % NAN_CHECK_EVERY == 0:
             if progress:
@@ -191,6 +194,10 @@ def check_names(cfg: Config) -> None:
     check_dataset(cfg.data.name)
     check_model(cfg.model.name)
     check_loss(cfg.loss)
+    check_mix(cfg.mix.name, cfg.mix.alpha, cfg.mix.prob)
+    check_mix_with_loss(cfg.mix.name, cfg.loss.name)
+    if cfg.loss.name == "distill":
+        check_teacher(cfg)
     check_eval(cfg)
 
 
@@ -203,10 +210,15 @@ def setup(cfg: Config) -> Run:
     amp_dtype = resolve_precision(cfg.trainer.precision, device)
     seeds = run_seeds(cfg)
     ds = load_dataset(cfg.data, seeds["noise"])
-    criterion = make_criterion(cfg.loss, ds.num_classes, ds.class_counts()).to(device)
     check_metrics_against_data(cfg, ds)
+    check_eval_against_data(cfg, ds.test)
     backends = configure_backends(device, amp_dtype, cfg.trainer.deterministic)
     ds = ds.to(device)
+    norm = Normalize(ds.mean, ds.std, device, cfg.trainer.channels_last)
+    mixer = make_mixer(cfg.mix.name, cfg.mix.alpha, cfg.mix.prob) if cfg.mix.name != "none" else None
+    teacher = (load_teacher(cfg, ds, norm, device, lambda: autocast(device, amp_dtype))
+               if cfg.loss.name == "distill" else None)
+    criterion = make_criterion(cfg.loss, ds.num_classes, ds.class_counts(), mixer, teacher).to(device)
 
     torch.manual_seed(seeds["init"])  # initial weights depend on the init seed only, never on ε
     model = build_model(cfg.model.name, ds.in_channels, criterion.num_outputs, ds.image_size).to(device)
@@ -219,7 +231,7 @@ def setup(cfg: Config) -> Run:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, t.epochs, cfg.sched))
     return Run(cfg, ds, criterion, model, compiled(model, t.compile), optimizer, scheduler,
                torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
-               Normalize(ds.mean, ds.std, device, t.channels_last), device, amp_dtype, seeds, steps,
+               norm, device, amp_dtype, seeds, steps,
                default_top_k(ds.num_classes, cfg.metrics.top_k),
                {"threads": threads, "allocator_tuned": allocator_tuned}, backends)
 
@@ -261,6 +273,8 @@ def run_info(run: Run, config: dict[str, Any]) -> dict[str, Any]:
                         "only with trainer.deterministic=true (same GPU model, same software)"},
         "label_noise": {"rate_requested": cfg.data.label_noise.rate, "flipped": len(ds.noisy_idx),
                         "rate_realised": len(ds.noisy_idx) / len(ds.train)},
+        "normalization": {"mean": list(ds.mean), "std": list(ds.std)},
+        **({"teacher": teacher_record(teacher.run_dir)[0]} if (teacher := run.criterion.teacher) is not None else {}),
     }
 
 
@@ -377,9 +391,12 @@ def run_epoch(run: Run, epoch: int, logits: dict[str, Tensor]) -> tuple[dict[str
     batches = train_batches(run.ds.train, cfg.trainer.batch_size, derive_seed(run.seeds["data"], f"epoch{epoch}"),
                             run.ds.augment, run.norm)
     g = run.loss_generator(derive_seed(run.seeds["data"], f"flip{epoch}"))
+    # mixup/CutMix draws (λ, partners, boxes) from the data seed's stream: runs that differ only in
+    # the loss mix the same pairs.
+    mix_g = torch.Generator().manual_seed(derive_seed(run.seeds["data"], f"mix{epoch}"))
     lr = run.optimizer.param_groups[0]["lr"]  # of the epoch's first step (the scheduler steps per batch)
     try:
-        m: dict[str, Any] = train_one_epoch(run, batches, g, f"epoch {epoch + 1}")
+        m: dict[str, Any] = train_one_epoch(run, batches, g, f"epoch {epoch + 1}", mix_g)
     except RunFailed as e:
         raise RunFailed(f"epoch {epoch + 1}: {e}") from None
     train_s = time.perf_counter() - t_ep
@@ -464,6 +481,8 @@ def finish(run: Run, history: list[dict[str, Any]], logger: RunLogger, run_dir: 
     extra_logits = final_evaluations(run, final, logits["test"], labels["test"], final.get("temperature"))
     if len(ds.noisy_idx):
         final.update(memorisation(run))
+    if run.criterion.teacher is not None:
+        final.update(teacher_record(run.criterion.teacher.run_dir)[1])
     final["epochs"] = len(history)
     final["metric_settings"] = {"n_bins": cfg.metrics.n_bins, "top_k": run.top_k, "softmax": "float64",
                                 "binning": "equal-width ((m-1)/M, m/M], 0 in the first bin, 1 in the last",

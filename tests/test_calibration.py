@@ -176,6 +176,22 @@ def test_confidence_histogram_before_and_after_ts() -> None:
     assert lines == pytest.approx([*mean_conf, compute_metrics(z, y)["acc"]])
 
 
+def test_risk_coverage_curve_draws_the_curves_whose_areas_are_the_aurc() -> None:
+    from ls_bench.evaluation import selective_metrics
+
+    z, y = sampled(500, 10, 2.0, seed=6)
+    fig = cal.risk_coverage_curve(z, y, temperature=2.0)
+    (ax,) = fig.axes
+    before, after, perfect = ax.lines
+    assert before.get_ydata().mean() == pytest.approx(selective_metrics(z, y)["aurc"], rel=1e-12)
+    assert after.get_ydata().mean() == pytest.approx(selective_metrics(z / 2.0, y)["aurc"], rel=1e-12)
+    m = selective_metrics(z, y)
+    assert perfect.get_ydata().mean() == pytest.approx(m["aurc"] - m["eaurc"], rel=1e-12)
+    assert before.get_xdata()[-1] == 1.0 and before.get_ydata()[-1] == pytest.approx(1 - compute_metrics(z, y)["acc"])
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[0] == f"before TS: AURC {m['aurc']:.4f}" and legend[1].startswith("after TS (T = 2)")
+
+
 def test_template_plane_geometry() -> None:
     g = torch.Generator().manual_seed(0)
     w = torch.randn(3, 16, generator=g, dtype=torch.float64)
@@ -217,7 +233,7 @@ def test_figures_leave_no_pyplot_state_and_png_matches_the_canvas(tmp_path: Path
     names = cal.write_figures(logger, tmp_path, cal.SplitFigures(z, y, 15, 2.0))
     logger.close()
     assert plt.get_fignums() == []
-    assert names == ["reliability_test.png", "confidence_hist.png", "reliability_test_ts.png"]
+    assert names == ["reliability_test.png", "confidence_hist.png", "risk_coverage.png", "reliability_test_ts.png"]
     with Image.open(tmp_path / "reliability_test.png") as im:
         assert im.format == "PNG" and im.size == (420, 460)  # 4.2 x 4.6 in at 100 dpi
 
@@ -236,13 +252,13 @@ def test_run_writes_pngs_and_tensorboard_images(tiny_run: tuple[Path, dict]) -> 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run_dir, _ = tiny_run
-    for name in ("reliability_test", "reliability_test_ts", "confidence_hist", "penultimate"):
+    for name in ("reliability_test", "reliability_test_ts", "confidence_hist", "risk_coverage", "penultimate"):
         with Image.open(run_dir / f"{name}.png") as im:
             assert im.format == "PNG" and min(im.size) > 200, name
     acc = EventAccumulator(str(run_dir), size_guidance={"images": 0})
     acc.Reload()
     assert set(acc.Tags()["images"]) == {"test/reliability", "test_ts/reliability", "test/confidence_hist",
-                                         "test/penultimate"}
+                                         "test/risk_coverage", "test/penultimate"}
     assert "temperature" in acc.Tags()["scalars"]
 
 
@@ -270,7 +286,7 @@ def test_binary_run_without_ts_skips_penultimate_and_ts_figures(tmp_path: Path) 
                             "data.test_size=100", "metrics.temperature_scaling=false"), tmp_path)
     assert "temperature" not in final and not any(k.startswith("test_ts/") for k in final)
     written = {p.name for p in tmp_path.glob("*.png")}
-    assert written == {"reliability_test.png", "confidence_hist.png"}
+    assert written == {"reliability_test.png", "confidence_hist.png", "risk_coverage.png"}
 
 
 def test_figures_can_be_switched_off_and_the_penultimate_classes_chosen(tmp_path: Path,

@@ -13,7 +13,8 @@ import torch
 from conftest import TINY, make_config
 from ls_bench.errors import ConfigError
 from ls_bench.evaluation import ood_metrics, ood_scores, selective_metrics
-from ls_bench.robustness import fit_shape, noise_images
+from ls_bench.data import Split
+from ls_bench.robustness import fit_shape, noise_images, shift_split
 from ls_bench.train import fit
 
 SIX = "data.classes=[0,1,2,3,4,5]"
@@ -23,7 +24,8 @@ SIX = "data.classes=[0,1,2,3,4,5]"
 def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     run = tmp_path_factory.mktemp("eval") / "run"
     final = fit(make_config(*TINY, SIX, "metrics.figures=false", "eval.corruptions=[gaussian_noise,contrast]",
-                            "eval.severities=[1,5]", "eval.ood=[held_out,noise]", "eval.bootstrap=200"), run)
+                            "eval.severities=[1,5]", "eval.shift_size=0.5", "eval.ood=[held_out,noise]",
+                            "eval.bootstrap=200"), run)
     return run, final
 
 
@@ -69,11 +71,30 @@ def test_ood_scores_against_the_saved_ood_logits(evaluated: tuple[Path, dict]) -
     ("eval.ood=[imagefolder]", "eval.ood_root=None is invalid"),
     ("eval.ood=[mnist]", "sources must be among"),
     ("eval.bootstrap=-1", "eval.bootstrap=-1 is invalid"),
+    ("eval.shift_size=0", "eval.shift_size=0 is invalid"),
+    ("eval.shift_size=2.5", "eval.shift_size=2.5 is invalid"),
 ])
 def test_bad_eval_config_is_one_line_before_training(override: str, message: str) -> None:
     with pytest.raises(ConfigError) as e:
         make_config(override)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_shift_size_keeps_a_stratified_seeded_subset_of_the_test_split() -> None:
+    y = torch.arange(10).repeat_interleave(torch.tensor([100, 100, 100, 100, 100, 50, 50, 50, 50, 300]))
+    test = Split(torch.arange(len(y), dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 1, 2, 2), y)
+    assert shift_split(test, None, 0) is test and shift_split(test, len(y), 0) is test
+    sub = shift_split(test, 0.1, seed=3)
+    assert torch.equal(torch.bincount(sub.y, minlength=10), torch.bincount(y, minlength=10) // 10)
+    again, other = shift_split(test, 100, seed=3), shift_split(test, 100, seed=4)
+    assert torch.equal(again.x, sub.x) and not torch.equal(other.x, sub.x)
+
+
+def test_shift_size_above_the_test_split_is_refused_before_training(tmp_path: Path) -> None:
+    cfg = make_config(*TINY, "eval.corruptions=[contrast]", "eval.shift_size=361")
+    with pytest.raises(ConfigError, match=r"^eval.shift_size=361 is invalid: must be <= the 360 test images$"):
+        fit(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 def test_ood_images_take_the_data_shape_or_are_refused() -> None:
