@@ -524,7 +524,10 @@ def report(sweep_dir: Path, plots: bool = True, out: Any = sys.stdout, metrics: 
                md_table(dhead, drows)]
     from ls_bench.report_robustness import markdown_sections, plot_shift
 
+    from ls_bench.report_ece import ece_section
+
     sections, section_groups = markdown_sections(runs, base)  # selective, shift, OOD: when runs have them
+    sections = ece_section(runs, base) + sections  # ECE's error bar: when the runs saved predictions
     md += sections
     if notes:
         md += ["", "## Unfinished runs", "", *(f"- {line}" for line in notes)]

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ls_bench.config import LossConfig
 from ls_bench.errors import ConfigError
-from ls_bench.losses import (as_multiclass, check_loss, class_weight_vector, make_criterion, prior_vector,
+from ls_bench.losses import (Batch, as_multiclass, check_loss, class_weight_vector, make_criterion, prior_vector,
                              smooth_targets)
 
 K = 5
@@ -306,3 +306,82 @@ def test_list_of_wrong_length_fails_once_k_is_known(kw) -> None:
     check_loss(LossConfig(**kw))  # syntax is fine...
     with pytest.raises(ConfigError, match=f"K={K}"):  # ...but K = 5
         crit(**kw)
+
+
+# --- the rivals: margin (MbLS), LogitNorm, distillation ---------------------------------------------
+
+
+def test_margin_loss_is_ce_plus_the_mean_of_b_times_k_hinges_by_hand() -> None:
+    z = torch.tensor([[1.0, 12.0, 0.0], [5.0, 5.0, -7.0]])
+    y = torch.tensor([1, 0])
+    c = make_criterion(LossConfig(name="margin", margin=10.0, margin_weight=0.1), 3, torch.ones(3))
+    # gaps to the max: [11, 0, 12] and [0, 0, 12]; beyond m = 10: [1, 0, 2] and [0, 0, 2]: 5 over 6 terms
+    expected = F.cross_entropy(z, y) + 0.1 * (5 / 6)
+    assert float(c(z, y)) == pytest.approx(float(expected), rel=1e-6)
+    loose = make_criterion(LossConfig(name="margin", margin=20.0), 3, torch.ones(3))
+    assert float(loose(z, y)) == pytest.approx(float(F.cross_entropy(z, y)), rel=1e-6)  # no gap beyond m
+
+
+def test_logit_norm_divides_by_tau_times_the_norm_in_training_only() -> None:
+    z, y = torch.tensor([[3.0, 4.0]]), torch.tensor([1])
+    c = make_criterion(LossConfig(name="logit_norm", tau=0.04), 2, torch.ones(2))
+    # z / (0.04 · 5) = [15, 20]: CE = log(1 + e^-5)
+    assert float(c(z, y)) == pytest.approx(math.log1p(math.exp(-5)), rel=1e-5)
+    assert float(c(10 * z, y)) == pytest.approx(float(c(z, y)), rel=1e-5)  # scale-free
+    assert c.expected_target(y).tolist() == [[0.0, 1.0]]  # the target is untouched
+
+
+def test_distillation_term_equals_torch_kldivloss_and_alpha_zero_the_plain_loss() -> None:
+    g = torch.Generator().manual_seed(0)
+    z, zt = torch.randn(16, 10, generator=g), 3 * torch.randn(16, 10, generator=g)
+    y = torch.randint(0, 10, (16,), generator=g)
+    batch = Batch(z, F.one_hot(y, 10).float(), y, y, zt)
+    for T in (1.0, 2.0, 4.0):
+        kd = make_criterion(LossConfig(name="distill", kd_alpha=1.0, kd_temperature=T), 10, torch.ones(10),
+                            teacher=lambda x, idx: zt)
+        ref = torch.nn.KLDivLoss(reduction="batchmean")(F.log_softmax(z / T, 1), F.softmax(zt / T, 1)) * T * T
+        assert float(kd.loss(z, batch)) == pytest.approx(float(ref), rel=1e-5)
+    plain = make_criterion(LossConfig(epsilon=0.1), 10, torch.ones(10))
+    none = make_criterion(LossConfig(name="distill", epsilon=0.1, kd_alpha=0.0), 10, torch.ones(10),
+                          teacher=lambda x, idx: zt)
+    q = plain.expected_target(y)
+    assert float(none.loss(z, Batch(z, q, y, y, zt))) == float(plain(z, y))
+    half = make_criterion(LossConfig(name="distill", epsilon=0.1, kd_alpha=0.3, kd_temperature=2.0), 10,
+                          torch.ones(10), teacher=lambda x, idx: zt)
+    ref = 0.7 * F.cross_entropy(z, y, label_smoothing=0.1) + 0.3 * 4 * torch.nn.KLDivLoss(reduction="batchmean")(
+        F.log_softmax(z / 2, 1), F.softmax(zt / 2, 1))
+    assert float(half.loss(z, Batch(z, q, y, y, zt))) == pytest.approx(float(ref), rel=1e-5)
+
+
+def test_a_saturated_teacher_teaches_its_labels() -> None:
+    """A teacher whose logits are the one-hot labels × 1000 at T = 1 gives the one-hot target:
+    the distillation loss and its gradient are cross-entropy's."""
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(8, 5, generator=g, requires_grad=True)
+    y = torch.randint(0, 5, (8,), generator=g)
+    zt = 1000.0 * F.one_hot(y, 5).float()
+    kd = make_criterion(LossConfig(name="distill", kd_alpha=1.0, kd_temperature=1.0), 5, torch.ones(5),
+                        teacher=lambda x, idx: zt)
+    loss = kd.loss(z, Batch(z, torch.zeros(8, 5), y, y, zt))  # q unused at α = 1
+    (grad,) = torch.autograd.grad(loss, z)
+    ce = F.cross_entropy(z, y)
+    (ref,) = torch.autograd.grad(ce, z)
+    assert loss.item() == pytest.approx(ce.item(), rel=1e-5) and torch.allclose(grad, ref, atol=1e-7)
+
+
+def test_mixed_targets_are_the_mix_of_the_smoothed_targets_and_the_same_pairs_at_every_epsilon() -> None:
+    from ls_bench.mixing import make_mixer
+
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(32, 3, 8, 8, generator=g), torch.randint(0, 10, (32,), generator=g)
+    out = {}
+    for eps in (0.0, 0.1):
+        c = make_criterion(LossConfig(epsilon=eps), 10, torch.ones(10), mixer=make_mixer("mixup", 1.0))
+        out[eps] = c.targets(x, y, None, torch.Generator().manual_seed(7))
+        ref = make_mixer("mixup", 1.0)(x, c.expected_target(y), torch.Generator().manual_seed(7))
+        assert torch.equal(out[eps].x, ref.x) and torch.allclose(out[eps].q, ref.t)
+        p = c.expected_target(y)
+        assert torch.allclose(out[eps].q, ref.lam * p + (1 - ref.lam) * p[ref.perm], atol=1e-6)
+        dominant = y if ref.lam >= 0.5 else y[ref.perm]
+        assert torch.equal(out[eps].acc_labels, dominant) and torch.equal(out[eps].labels, y)
+    assert torch.equal(out[0.0].x, out[0.1].x)  # the same λ and partners whatever ε is

@@ -339,3 +339,50 @@ def test_cost_relative_to_a_measured_resnet20_step(capsys):
         print("\n[mixing cost] " + ", ".join(f"{k} {a:.3f} ms = {100 * a / step_min:.2f}% of a step"
                                            for k, (a, b) in costs.items())
               + f"; ResNet-20 train step min {step_min:.0f} ms (median {step_med:.0f})")
+
+
+# --- in the runner: the mix config group ------------------------------------------------------------
+
+
+def test_a_mixed_run_sees_the_unmixed_runs_batches_and_weights_and_evaluates_unmixed(tmp_path) -> None:
+    import json
+
+    import numpy as np
+
+    from conftest import TINY, make_config
+    from ls_bench.metrics import compute_metrics
+    from ls_bench.train import fit
+
+    fast = [*TINY, "trainer.epochs=2", "metrics.figures=false", "eval.bootstrap=0"]
+    finals = {m: fit(make_config(*fast, f"mix={m}"), tmp_path / m) for m in ("none", "mixup", "cutmix")}
+    infos = {m: json.loads((tmp_path / m / "run_info.json").read_text()) for m in finals}
+    assert len({i["init_sha"] for i in infos.values()}) == 1  # the same initial weights ...
+    assert len({f["data/order_sha"] for f in finals.values()}) == 1  # ... and the same batches
+    assert len({f["train/loss"] for f in finals.values()}) == 3  # but mixed inputs and targets
+    with np.load(tmp_path / "mixup" / "predictions.npz") as p:  # evaluation never mixes: test/* from the clean logits
+        again = compute_metrics(torch.from_numpy(p["test_logits"]), torch.from_numpy(p["test_labels"]), 15)
+    assert finals["mixup"]["test/acc"] == pytest.approx(again["acc"], abs=1e-12)
+    assert infos["cutmix"]["config"]["mix.prob"] is None  # null: the method's setting, 0.5 for CutMix
+
+
+@pytest.mark.parametrize("loss", ["binary", "label_flip"])
+def test_mixing_is_refused_where_it_has_no_meaning(loss: str) -> None:
+    from conftest import make_config
+
+    extra = ["data.classes=[3,5]"] if loss == "binary" else []
+    with pytest.raises(ConfigError, match=rf"^mix.name='mixup' is invalid: none with loss={loss} "):
+        make_config("mix=mixup", f"loss={loss}", *extra)
+
+
+def test_the_run_draws_mixing_from_the_data_seed_stream_only() -> None:
+    """Two criteria with different ε, fed the run's per-epoch mixing generator, mix the same pairs;
+    another epoch's generator mixes other pairs."""
+    from ls_bench.seeds import derive_seed
+
+    x, y, t = batch(B=16, K=5)
+    m = Mixer("cutmix", 1.0, 1.0)
+    a = m(x, t, torch.Generator().manual_seed(derive_seed(123, "mix0")))
+    b = m(x, soft_targets(y, 5, eps=0.0), torch.Generator().manual_seed(derive_seed(123, "mix0")))
+    c = m(x, t, torch.Generator().manual_seed(derive_seed(123, "mix1")))
+    assert torch.equal(a.x, b.x) and torch.equal(a.perm, b.perm) and a.lam == b.lam
+    assert not torch.equal(a.x, c.x)

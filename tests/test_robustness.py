@@ -12,7 +12,7 @@ import torch
 
 from conftest import TINY, make_config
 from ls_bench.errors import ConfigError
-from ls_bench.evaluation import ood_metrics, ood_scores, selective_metrics
+from ls_bench.evaluation import ood_metrics, ood_scores, paired_bootstrap_ece_diff, selective_metrics
 from ls_bench.data import Split
 from ls_bench.robustness import fit_shape, noise_images, shift_split
 from ls_bench.train import fit
@@ -129,3 +129,20 @@ def test_the_sweep_report_has_the_evaluation_sections(tmp_path: Path) -> None:
     shift_part = md[md.index("## Shift"):md.index("## OOD")]
     row = next(line for line in shift_part.splitlines() if line.startswith("| 0.1 |"))
     assert f"{finals[0.1]['shift/s5/acc']:.4f}" in row  # one seed: the cell is that run's value
+    ece_part = md[md.index("## ECE with its own error bar"):md.index("## Selective")]
+    dirs = {json.loads((p.parent / "run_info.json").read_text())["config"]["loss.epsilon"]: p.parent
+            for p in sweep.glob("*/final.json")}
+    (conf_a, corr_a), (conf_b, corr_b) = (_conf(dirs[e], finals[e]["temperature"]) for e in (0.1, 0.0))
+    ref = paired_bootstrap_ece_diff(conf_a, corr_a, conf_b, corr_b, n_bins=15, n_resamples=100, seed=0)
+    point = finals[0.1]["test_ts/ece"] - finals[0.0]["test_ts/ece"]
+    row = next(line for line in ece_part.splitlines() if line.startswith("| 0.1 | seed=0 |"))
+    assert f"{point:+.4f} [{ref['lo']:+.4f}, {ref['hi']:+.4f}]" in row  # the after-TS column, from the predictions
+    mean_row = next(line for line in ece_part.splitlines() if line.startswith("| 0.1 | 1 |"))
+    assert f"{finals[0.1]['test/ece']:.4f} (bootstrap [{finals[0.1]['test/ece_lo']:.4f}, " in mean_row
+
+
+def _conf(run_dir: Path, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    from ls_bench.metrics import confidence_correct
+
+    with np.load(run_dir / "predictions.npz") as p:
+        return confidence_correct(torch.from_numpy(p["test_logits"]) / temperature, torch.from_numpy(p["test_labels"]))

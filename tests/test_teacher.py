@@ -1,0 +1,129 @@
+"""loss=distill end to end on digits: a finished run as the teacher, rebuilt exactly; its record in
+the student's files; α = 0 is the plain loss bit for bit; the teacher found in a sweep folder; and
+every refusal in one line before training."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY, make_config
+from ls_bench.errors import ConfigError
+from ls_bench.teacher import load_teacher
+from ls_bench.train import fit, predict, setup
+
+FAST = [*TINY, "metrics.figures=false", "eval.bootstrap=0"]
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A sweep folder of three finished teachers: ε = 0 and 0.1 at seed 0, ε = 0 at seed 1."""
+    sweep = tmp_path_factory.mktemp("teachers")
+    for name, overrides in (("eps0_s0", ["loss.epsilon=0", "seed=0"]), ("eps0.1_s0", ["loss.epsilon=0.1", "seed=0"]),
+                            ("eps0_s1", ["loss.epsilon=0", "seed=1"])):
+        fit(make_config(*FAST, "trainer.epochs=2", *overrides), sweep / name)
+    return sweep
+
+
+def student(*overrides: str):
+    return make_config(*FAST, "loss=distill", *overrides)
+
+
+def test_the_rebuilt_teacher_predicts_what_it_saved(teachers: Path) -> None:
+    run = setup(student(f"loss.teacher={teachers / 'eps0.1_s0'}"))
+    teacher = run.criterion.teacher
+    with np.load(teachers / "eps0.1_s0" / "predictions.npz") as p:
+        saved = torch.from_numpy(p["test_logits"])
+    # The student's own normalisation, converted to the teacher's, on the student's test split
+    # (the same images: the same data config).
+    z = torch.cat([teacher(x) for x, _ in _batches(run)])
+    assert torch.allclose(z, saved, atol=1e-4)
+    # No augmentation, no mixing: the training split's logits are cached, and equal a fresh forward.
+    assert teacher.cache is not None and teacher.cache.shape == (len(run.ds.train), 10)
+    x = run.norm(run.ds.train.x[:50])
+    assert torch.allclose(teacher(x, torch.arange(50)), teacher.forward(x), atol=1e-5)
+
+
+def _batches(run):
+    from ls_bench.data import eval_batches
+
+    return eval_batches(run.ds.test, 128, run.norm)
+
+
+def test_student_records_its_teacher_and_alpha_zero_is_the_plain_loss(teachers: Path, tmp_path: Path) -> None:
+    t_dir = teachers / "eps0.1_s0"
+    final = fit(student(f"loss.teacher={t_dir}", "loss.kd_alpha=0", "loss.epsilon=0.05"), tmp_path / "kd0")
+    plain = fit(make_config(*FAST, "loss.epsilon=0.05"), tmp_path / "plain")
+    t_final = json.loads((t_dir / "final.json").read_text())
+    assert final["teacher/epsilon"] == 0.1 and final["teacher/test_acc"] == t_final["test/acc"]
+    assert final["teacher/test_ece"] == t_final["test/ece"]
+    info = json.loads((tmp_path / "kd0" / "run_info.json").read_text())
+    assert info["teacher"]["dir"] == str(t_dir.resolve()) and info["teacher"]["epsilon"] == 0.1
+    assert final["train/loss"] == plain["train/loss"] and final["test/nll"] == plain["test/nll"]  # bit for bit
+    taught = fit(student(f"loss.teacher={t_dir}", "loss.kd_alpha=1", "loss.epsilon=0.05"), tmp_path / "kd1")
+    assert taught["train/loss"] != plain["train/loss"]
+
+
+def test_mixed_batches_recompute_the_teacher_on_what_the_student_sees(teachers: Path) -> None:
+    run = setup(student(f"loss.teacher={teachers / 'eps0_s0'}", "mix=mixup"))
+    assert run.criterion.teacher.cache is None
+    x, y = run.norm(run.ds.train.x[:64]), run.ds.train.y[:64]
+    batch = run.criterion.targets(x, y, None, torch.Generator().manual_seed(0), torch.arange(64))
+    assert not torch.equal(batch.x, x)  # mixup at prob 1 mixed this batch
+    assert torch.allclose(batch.teacher, run.criterion.teacher.forward(batch.x), atol=1e-5)
+
+
+def test_a_sweep_folder_gives_the_teacher_of_the_students_seed_and_the_selected_keys(teachers: Path) -> None:
+    run = setup(student(f"loss.teacher={teachers}", "seed=1"))  # only one teacher has seed 1
+    assert run.criterion.teacher.run_dir == teachers / "eps0_s1"
+    run = setup(student(f"loss.teacher={teachers}", "seed=0", "+loss.teacher_select.loss.epsilon=0.1"))
+    assert run.criterion.teacher.run_dir == teachers / "eps0.1_s0"
+    with pytest.raises(ConfigError, match=r"^loss.teacher=.*: 2 of its 3 runs have seed=0 \(matching: eps0.1_s0, "
+                                          r"eps0_s0\); say which with \+loss.teacher_select.KEY=VALUE$"):
+        student(f"loss.teacher={teachers}", "seed=0")
+    with pytest.raises(ConfigError, match=r"0 of its 3 runs have loss.epsilon=0.3, seed=1"):
+        student(f"loss.teacher={teachers}", "seed=1", "+loss.teacher_select.loss.epsilon=0.3")
+
+
+def test_bad_teachers_are_refused_in_one_line_before_training(teachers: Path, tmp_path: Path) -> None:
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(teachers / "eps0_s0", unfinished)
+    (unfinished / "final.json").unlink()
+    no_ckpt = tmp_path / "no_ckpt"
+    shutil.copytree(teachers / "eps0_s0", no_ckpt)
+    (no_ckpt / "last.pt").unlink()
+    cases = [
+        ([f"loss.teacher={tmp_path / 'nowhere'}"], "must be an existing folder"),
+        ([f"loss.teacher={tmp_path}/empty_dir_that_is_made"], "holds no ls-bench run"),
+        ([f"loss.teacher={unfinished}"], "has not finished (no final.json)"),
+        ([f"loss.teacher={no_ckpt}"], "has no last.pt"),
+        ([f"loss.teacher={teachers / 'eps0_s0'}", "data.classes=[0,1,2]"],
+         "the teacher was trained with data.classes=None, the student has data.classes=[0, 1, 2]"),
+        ([f"loss.teacher={teachers / 'eps0_s0'}", "data=cifar10", "data.root=/tmp"],
+         "the teacher was trained with data.name=digits, the student has data.name=cifar10"),
+        ([f"loss.teacher={teachers / 'eps0_s0'}", "loss.kd_alpha=1.5"], "loss.kd_alpha=1.5 is invalid"),
+        ([f"loss.teacher={teachers / 'eps0_s0'}", "loss.kd_temperature=0"], "loss.kd_temperature=0"),
+    ]
+    (tmp_path / "empty_dir_that_is_made").mkdir()
+    for overrides, message in cases:
+        with pytest.raises(ConfigError) as e:
+            student(*overrides)
+        assert message in str(e.value) and "\n" not in str(e.value), (overrides, str(e.value))
+
+
+def test_a_teacher_of_another_architecture_is_rebuilt_from_its_own_config(teachers: Path, tmp_path: Path) -> None:
+    """The student's model is not the teacher's: the teacher is built from its recorded model.name."""
+    t_dir = tmp_path / "mlp_teacher"
+    fit(make_config(*FAST, "model=resnet20"), t_dir)
+    run = setup(student(f"loss.teacher={t_dir}"))
+    assert type(run.criterion.teacher.model).__name__ != type(run.model).__name__
+    t = load_teacher(run.cfg, run.ds, run.norm, run.device, run.amp)
+    with np.load(t_dir / "predictions.npz") as p:
+        saved = torch.from_numpy(p["val_logits"])
+    z = predict(t.model, run.ds.val, 256, run.norm, run.amp())
+    assert torch.allclose(z, saved, atol=1e-4)
