@@ -259,6 +259,13 @@ def _cached_decode(cfg: DataConfig, split: str, files: list[tuple[str, int]], ro
     return Split(x, labels)
 
 
+def load_imagefolder_split(folder: Path, cache: str | None, name: str) -> tuple[Split, list[str]]:
+    """One ImageFolder tree (class sub-folders) decoded, through the same cache as data=imagefolder;
+    `name` names the split in the cache file. Its (images, labels) and class names."""
+    files, classes = _list_images(folder)
+    return _cached_decode(DataConfig(cache_dir=cache), name, files, folder), classes
+
+
 def _imagefolder(cfg: DataConfig) -> tuple[Split, Split | None, list[str]]:
     root = Path(cfg.root).expanduser()
     if not root.is_dir():

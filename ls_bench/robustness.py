@@ -114,14 +114,13 @@ def _dataset_images(name: str, root: str | None, cfg: Config) -> Tensor:
     if name == "imagefolder":
         from pathlib import Path
 
-        from ls_bench.data import _cached_decode, _list_images
+        from ls_bench.data import load_imagefolder_split
 
         tree = Path(root).expanduser()
         folder = tree / "test" if (tree / "test").is_dir() else tree
         if not folder.is_dir():
             raise bad("eval.ood_root", root, "must be a directory: an ImageFolder tree (its test/ split if present)")
-        files, _ = _list_images(folder)
-        return _cached_decode(DataConfig(cache_dir=cfg.data.cache_dir), "ood", files, folder).x
+        return load_imagefolder_split(folder, cfg.data.cache_dir, "ood")[0].x
     data = DataConfig(name=name, root=root or cfg.data.root or "./data", download=cfg.data.download,
                       cache_dir=cfg.data.cache_dir)
     train, test, _ = DATASETS[name](data)

@@ -146,3 +146,22 @@ def _conf(run_dir: Path, temperature: float) -> tuple[torch.Tensor, torch.Tensor
 
     with np.load(run_dir / "predictions.npz") as p:
         return confidence_correct(torch.from_numpy(p["test_logits"]) / temperature, torch.from_numpy(p["test_labels"]))
+
+
+def test_an_imagefolder_ood_source_is_read_resized_and_scored(tmp_path: Path) -> None:
+    from PIL import Image
+
+    g = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "ood" / "test" / c).mkdir(parents=True)
+        for i in range(20):
+            Image.fromarray(g.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "ood" / "test" / c / f"{i}.png")
+    (tmp_path / "ood" / "train").mkdir()  # a tree with test/: only test/ is read
+    run = tmp_path / "run"
+    final = fit(make_config(*TINY, "metrics.figures=false", "eval.bootstrap=0", "eval.ood=[imagefolder]",
+                            f"eval.ood_root={tmp_path / 'ood'}", f"data.cache_dir={tmp_path / 'cache'}"), run)
+    with np.load(run / "predictions.npz") as p:
+        z_in, z_out = torch.from_numpy(p["test_logits"]), torch.from_numpy(p["ood_imagefolder_logits"])
+    assert z_out.shape == (40, 10)  # 40 RGB 16x16 images, as grey 8x8 digits
+    ref = ood_metrics(ood_scores(z_in)["energy"], ood_scores(z_out)["energy"])
+    assert final["ood/imagefolder/energy/auroc"] == pytest.approx(ref["auroc"])

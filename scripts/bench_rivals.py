@@ -1,0 +1,109 @@
+#!/usr/bin/env python
+"""What LS's rivals add to a training step, measured side by side in one process.
+
+    python scripts/bench_rivals.py              # ~3-6 min on 2 CPU cores
+    python scripts/bench_rivals.py --rounds 3 --steps 5 --model small_cnn
+
+For each variant, ls-bench's own setup() builds the run (the real Criterion, mixer and teacher),
+then train.train_one_epoch runs `--steps` steps of train_batches on CIFAR-10 (the shared JPEGs
+when present, else digits), batch 128, augmentation on, precision auto. The variants take turns,
+one window of steps each per round (`--rounds`), so a change in the machine's load hits all of
+them; the first round warms up and is dropped. Printed: the median ms per step of each variant
+and its ratio to plain label smoothing (ε = 0.1). The distillation teacher is a ResNet-20 run made
+here first (one short epoch: its accuracy does not matter for timing); with augmentation it runs
+one inference forward per step, without augmentation (`distill cached`) its training-split logits
+are computed once at set-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "data" / "cifar10-jpeg"
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from ls_bench.cli import CONFIG_DIR, to_config
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return to_config(hydra_compose(config_name="config", overrides=overrides))
+
+
+def cpu_flags() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    return ", ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in text) or "none of avx2/avx512"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--steps", type=int, default=8, help="training steps per window")
+    p.add_argument("--rounds", type=int, default=5, help="windows per variant (the first is dropped)")
+    p.add_argument("--root", default=str(SHARED))
+    args = p.parse_args()
+
+    import torch
+
+    from ls_bench.data import train_batches
+    from ls_bench.train import fit, setup, train_one_epoch
+
+    bs = 128
+    n = bs * args.steps
+    data = ["data=imagefolder", f"data.root={args.root}", f"data.train_size={n}", "data.val_size=500"] \
+        if Path(args.root).is_dir() else ["data.val_size=100"]
+    common = [*data, f"model={args.model}", "trainer.progress=false", f"trainer.batch_size={bs}",
+              "metrics.figures=false", "eval.bootstrap=0"]
+    tmp = Path(tempfile.mkdtemp(prefix="bench_rivals_"))
+    print(f"CPU flags: {cpu_flags()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"{args.model}, batch {bs}, {args.steps} steps x {args.rounds} rounds", flush=True)
+    teacher = tmp / "teacher"
+    t0 = time.perf_counter()
+    fit(compose([*data, "model=resnet20", "trainer.progress=false", "trainer.epochs=1", "metrics.figures=false",
+                 "eval.bootstrap=0", f"trainer.batch_size={bs}"]), teacher)
+    print(f"teacher (resnet20, 1 epoch on {n} images): {time.perf_counter() - t0:.0f} s", flush=True)
+
+    variants = {
+        "label smoothing 0.1": ["loss.epsilon=0.1", "data.augment=true"],
+        "mixup": ["loss.epsilon=0.1", "mix=mixup", "data.augment=true"],
+        "cutmix (prob 1)": ["loss.epsilon=0.1", "mix=cutmix", "mix.prob=1", "data.augment=true"],
+        "margin (MbLS)": ["loss=margin", "data.augment=true"],
+        "logit_norm": ["loss=logit_norm", "data.augment=true"],
+        "distill (teacher per step)": ["loss=distill", f"loss.teacher={teacher}", "data.augment=true"],
+        "distill cached, no augment": ["loss=distill", f"loss.teacher={teacher}", "data.augment=false"],
+        "label smoothing, no augment": ["loss.epsilon=0.1", "data.augment=false"],
+    }
+    runs = {name: setup(compose([*common, *o])) for name, o in variants.items()}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for r in range(args.rounds):
+        for name, run in runs.items():
+            run.steps = args.steps
+            batches = train_batches(run.ds.train, bs, r, run.ds.augment, run.norm)
+            mix_g = torch.Generator().manual_seed(r)
+            t = time.perf_counter()
+            train_one_epoch(run, batches, run.loss_generator(r), name, mix_g)
+            if r:
+                times[name].append((time.perf_counter() - t) / args.steps * 1000)
+    base = statistics.median(times["label smoothing 0.1"])
+    base_plain = statistics.median(times["label smoothing, no augment"])
+    print(f"\n{'variant':30s} {'ms/step':>8s} {'vs LS':>8s}")
+    for name, ts in times.items():
+        ref = base_plain if "no augment" in name else base
+        print(f"{name:30s} {statistics.median(ts):8.1f} {statistics.median(ts) / ref:8.3f}"
+              f"{'   (vs LS, no augment)' if 'no augment' in name and name != 'label smoothing, no augment' else ''}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
