@@ -169,6 +169,10 @@ def load_teacher(cfg: Config, ds: Any, norm: Any, device: torch.device, amp: Any
 
     run_dir = check_teacher(cfg)
     tcfg = teacher_config(run_dir)
+    shape = read_json(run_dir / "run_info.json").get("image_shape")  # recorded since 0.1's rivals
+    if shape is not None and list(shape) != list(ds.train.x.shape[1:]):
+        raise ConfigError(f"loss.teacher={run_dir}: the teacher was trained on images of shape {list(shape)}, the "
+                          f"student's are {list(ds.train.x.shape[1:])}")
     model = build_model(tcfg.model.name, ds.in_channels, ds.num_classes, ds.image_size)
     state = load_checkpoint(run_dir / "last.pt")
     try:

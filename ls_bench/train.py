@@ -269,6 +269,7 @@ def run_info(run: Run, config: dict[str, Any]) -> dict[str, Any]:
         "python": platform.python_version(), "device": str(run.device), "precision": precision_name(run.amp_dtype),
         **run.machine, "seeds": run.seeds, "init_sha": init_sha, "classes": ds.classes,
         "sizes": {k: len(getattr(ds, k)) for k in ("train", "val", "test")},
+        "image_shape": list(ds.train.x.shape[1:]),
         "determinism": {**run.backends, "note": "bit-identical reruns on the CPU with the same threads; on CUDA "
                         "only with trainer.deterministic=true (same GPU model, same software)"},
         "label_noise": {"rate_requested": cfg.data.label_noise.rate, "flipped": len(ds.noisy_idx),
@@ -509,7 +510,7 @@ def log_final_to_tensorboard(logger: RunLogger, cfg: Config, final: dict[str, An
 
 def hparams_of(cfg: Config) -> dict[str, Any]:
     """The config keys shown as columns in TensorBoard's HParams tab."""
-    return {"loss": cfg.loss.name, "epsilon": cfg.loss.epsilon, "prior": str(cfg.loss.prior),
+    return {"loss": cfg.loss.name, "epsilon": cfg.loss.epsilon, "prior": str(cfg.loss.prior), "mix": cfg.mix.name,
             "model": cfg.model.name, "data": cfg.data.name, "seed": cfg.seed, "noise_rate": cfg.data.label_noise.rate,
             "epochs": cfg.trainer.epochs, "lr": cfg.optim.lr, "batch_size": cfg.trainer.batch_size}
 

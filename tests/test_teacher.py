@@ -127,3 +127,15 @@ def test_a_teacher_of_another_architecture_is_rebuilt_from_its_own_config(teache
         saved = torch.from_numpy(p["val_logits"])
     z = predict(t.model, run.ds.val, 256, run.norm, run.amp())
     assert torch.allclose(z, saved, atol=1e-4)
+
+
+def test_a_teacher_of_another_image_shape_is_refused_when_the_data_loads(teachers: Path, tmp_path: Path) -> None:
+    """data.root is not compared (it says where, not what): two ImageFolder trees of one name can
+    hold images of different sizes, so the recorded image shape is checked once the data is there."""
+    other = tmp_path / "other_shape"
+    shutil.copytree(teachers / "eps0_s0", other)
+    info = json.loads((other / "run_info.json").read_text())
+    assert info["image_shape"] == [1, 8, 8]
+    (other / "run_info.json").write_text(json.dumps({**info, "image_shape": [3, 32, 32]}))
+    with pytest.raises(ConfigError, match=r"trained on images of shape \[3, 32, 32\], the student's are \[1, 8, 8\]$"):
+        setup(student(f"loss.teacher={other}"))
