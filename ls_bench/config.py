@@ -221,6 +221,10 @@ def validate(cfg: Config) -> None:
     _check(_finite(lo.kd_alpha) and 0 <= lo.kd_alpha <= 1, "loss.kd_alpha", lo.kd_alpha, "must be in [0, 1]")
     _check(_finite(lo.kd_temperature) and lo.kd_temperature > 0, "loss.kd_temperature", lo.kd_temperature,
            "must be > 0")
+    _check(lo.name == "distill" or lo.teacher in (None, ""), "loss.teacher", lo.teacher,
+           f"is only read with loss=distill (loss={lo.name} would ignore it)")
+    _check(lo.name == "distill" or not lo.teacher_select, "loss.teacher_select", dict(lo.teacher_select),
+           f"is only read with loss=distill (loss={lo.name} would ignore it)")
     _check(d.name == "digits" or d.root not in (None, "???", ""), "data.root", d.root,
            f"must be set for data={d.name}, e.g. data.root=path/to/data")
     _check(_split_size(d.val_size) or d.val_size == 0, "data.val_size", _shown(d.val_size), f"must be >= 0: 0 (no "
@@ -263,5 +267,7 @@ def validate(cfg: Config) -> None:
            "three different labels >= 0, e.g. [0,1,2]")
     _check(cfg.eval.shift_size is None or _split_size(cfg.eval.shift_size), "eval.shift_size",
            _shown(cfg.eval.shift_size), f"must be null (the whole test split) or > 0: {SIZE_HELP}")
+    _check(cfg.eval.shift_size is None or bool(cfg.eval.corruptions), "eval.shift_size", _shown(cfg.eval.shift_size),
+           "is only read with eval.corruptions (no corruption is asked for)")
     if cfg.metrics.temperature_scaling:
         _check(d.val_size > 0, "data.val_size", _shown(d.val_size), "must be > 0 when metrics.temperature_scaling=true")

@@ -30,7 +30,7 @@ does, is a bug: it is not PyTorch's loss and it changes the balance of the two t
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,10 @@ from torch import Tensor
 
 from ls_bench.config import LossConfig
 from ls_bench.errors import ConfigError, bad
+
+if TYPE_CHECKING:
+    from ls_bench.mixing import Mixer
+    from ls_bench.teacher import Teacher
 
 LOSSES = ("label_smoothing", "label_flip", "focal", "confidence_penalty", "margin", "logit_norm", "distill", "binary")
 PRIORS = ("uniform", "others", "class_prior")
@@ -311,8 +315,8 @@ class Criterion:
     penalties: tuple[Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor], ...] = ()
     binary: bool = False  # one sigmoid output, binary LS
     logit_norm: LogitNorm | None = None
-    mixer: Callable[[Tensor, Tensor, torch.Generator], Any] | None = None  # ls_bench.mixing.Mixer
-    teacher: Callable[[Tensor, Tensor | None], Tensor] | None = None  # ls_bench.teacher.Teacher
+    mixer: "Mixer | None" = None
+    teacher: "Teacher | None" = None
     distill: Distillation | None = None
 
     @property
@@ -361,6 +365,9 @@ class Criterion:
 
     def __call__(self, logits: Tensor, labels: Tensor, g: torch.Generator | None = None) -> Tensor:
         """The loss of an unmixed batch without a teacher: targets from the labels, then the loss."""
+        if self.distill is not None:
+            raise TypeError("a distillation criterion needs the teacher's logits: call criterion.loss(logits, "
+                            "criterion.targets(x, labels, g, mix_g, idx))")
         _, q = self.target(logits, labels, g)
         return self.loss(logits, Batch(logits, q, labels, labels))
 
@@ -378,8 +385,8 @@ def logit_terms(cfg: LossConfig) -> tuple[Callable[[Tensor, Tensor, Tensor, Tens
     return ()
 
 
-def make_criterion(cfg: LossConfig, num_classes: int, class_counts: Tensor, mixer: Any = None,
-                   teacher: Any = None) -> Criterion:
+def make_criterion(cfg: LossConfig, num_classes: int, class_counts: Tensor, mixer: "Mixer | None" = None,
+                   teacher: "Teacher | None" = None) -> Criterion:
     """Build and check the loss for a dataset with `num_classes` classes; errors are one line.
     The ranges that need no data (ε, γ, β, m, λ, τ, α, T) are checked once, in config.validate;
     mixer (ls_bench.mixing.make_mixer) and teacher (ls_bench.teacher.load_teacher) come built."""

@@ -154,12 +154,15 @@ def check_mix(name: str, alpha: float, prob: float | None) -> None:
 UNMIXABLE = {"binary": "one sigmoid output with its own target", "label_flip": "a flipped one-hot label per visit"}
 
 
-def check_mix_with_loss(mix_name: str, loss_name: str) -> None:
-    """mix.name other than none is refused with a loss that has no soft target to mix."""
+def check_mix_with_loss(mix_name: str, loss_name: str, alpha: float = 1.0, prob: float | None = None) -> None:
+    """mix.name other than none is refused with a loss that has no soft target to mix; with
+    mix.name=none, a mix.alpha or mix.prob that would do nothing is refused too."""
+    if mix_name == "none" and (alpha != 1.0 or prob is not None):
+        key, value = ("mix.alpha", alpha) if alpha != 1.0 else ("mix.prob", prob)
+        raise bad(key, value, "has no effect with mix.name=none: choose mix=mixup or mix=cutmix, or leave it out")
     if mix_name != "none" and loss_name in UNMIXABLE:
         raise bad("mix.name", mix_name, f"none with loss={loss_name} ({UNMIXABLE[loss_name]}); mixing works with "
-                                        f"the soft-target losses: label_smoothing, focal, confidence_penalty, margin, "
-                                        f"logit_norm, distill")
+                                        f"every other loss, whose target is a distribution")
 
 
 @dataclass(frozen=True)

@@ -53,12 +53,18 @@ def check_eval(cfg: Config) -> None:
 # --- shift ---------------------------------------------------------------------------------------
 
 
-def check_eval_against_data(cfg: Config, test: Split) -> None:
-    """The eval settings that need the data: eval.shift_size fits in the test split."""
-    size = cfg.eval.shift_size
-    if cfg.eval.corruptions and size is not None and split_count(size, len(test)) > len(test):
-        raise bad("eval.shift_size", sized(size, split_count(size, len(test))),
-                  f"must be <= the {len(test)} test images")
+def check_eval_against_data(cfg: Config, test: Split, num_classes: int) -> None:
+    """The eval settings that need the data: eval.shift_size fits in the test split, and a
+    stratified sample of it can hold every class (n >= K) and leave every class out (N - n >= K)."""
+    size, N, K = cfg.eval.shift_size, len(test), num_classes
+    if not cfg.eval.corruptions or size is None:
+        return
+    n = split_count(size, N)
+    if n > N:
+        raise bad("eval.shift_size", sized(size, n), f"must be <= the {N} test images")
+    if n < N and not (K <= n <= N - K):
+        raise bad("eval.shift_size", sized(size, n), f"a stratified sample of the {N} test images needs between "
+                                                     f"{K} and {N - K} of them (the {K} classes), or all {N}")
 
 
 def shift_split(test: Split, size: float | None, seed: int) -> Split:

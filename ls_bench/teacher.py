@@ -12,31 +12,35 @@ mode; without augmentation or mixing its logits over the training split are comp
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import Tensor, nn
 
-from ls_bench.config import NOT_COMPUTED, Config, DataConfig, flatten
+from ls_bench.config import Config, flat_config, flatten
 from ls_bench.errors import ConfigError, bad
 from ls_bench.files import read_json
+from ls_bench.models import outputs_fp32_head
 
-# What a teacher must share with its student: the same inputs, the same classes.
-MUST_MATCH = ("data.name", "data.classes")
+if TYPE_CHECKING:
+    from ls_bench.data import Dataset, Normalize
 
-
-def candidates(root: Path) -> list[Path]:
-    """The run folders at or below `root` (those holding run_info.json), sorted."""
-    if (root / "run_info.json").is_file():
-        return [root]
-    return sorted(p.parent for p in root.rglob("run_info.json"))
+# What a teacher must share with its student: the same inputs, the same classes, and the same
+# held-out images (the split seed and sizes), so the teacher never trained on the student's
+# validation or test images. train_size, augmentation and label noise may differ: they only shrink
+# or alter the same training pool. data.test_size only cuts a test split where the dataset has none.
+MUST_MATCH = ("data.name", "data.classes", "data.split_seed", "data.val_size")
+MUST_MATCH_WITHOUT_TEST_SPLIT = ("data.test_size",)
+NO_TEST_SPLIT = ("digits",)
 
 
 def recorded_config(run_dir: Path) -> dict[str, Any]:
-    """The flat config a run recorded when it started."""
+    """The flat config a run recorded when it started, keys added to the schema since then at
+    their defaults (as checkpoint.check_same_run reads them)."""
     try:
         config = read_json(run_dir / "run_info.json").get("config")
     except (OSError, json.JSONDecodeError):
@@ -44,15 +48,39 @@ def recorded_config(run_dir: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise ConfigError(f"loss.teacher: {run_dir}/run_info.json has no recorded config (not an ls-bench run, or "
                           f"one from a version before 0.1)")
-    return config
+    return {**flat_json(Config()), **config}
 
 
-def matches(config: dict[str, Any], wanted: dict[str, Any]) -> bool:
-    return all(k in config and config[k] == v for k, v in wanted.items())
+def flat_json(cfg: Config) -> dict[str, Any]:
+    """The flat config with the types a JSON round trip gives, as run_info.json holds it."""
+    return json.loads(json.dumps(flat_config(cfg)))
+
+
+def finished(run_dir: Path) -> bool:
+    return (run_dir / "final.json").is_file() and (run_dir / "last.pt").is_file()
+
+
+def wanted_keys(cfg: Config, known: set[str], sweep: bool) -> dict[str, Any]:
+    """loss.teacher_select flattened (a group stands for its .name key: model=resnet20), plus the
+    student's seed in a sweep folder with teacher_same_seed. A key no candidate has is refused."""
+    import difflib
+
+    wanted: dict[str, Any] = {}
+    for key, value in flatten(dict(cfg.loss.teacher_select)).items():
+        key = f"{key}.name" if key not in known and f"{key}.name" in known else key
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=3)
+            raise bad(f"loss.teacher_select.{key}", value, "is not a config key of the teacher runs"
+                      + (f"; did you mean {', '.join(close)}?" if close else ""))
+        wanted[key] = value
+    if sweep and cfg.loss.teacher_same_seed:
+        wanted.setdefault("seed", cfg.seed)
+    return wanted
 
 
 def find_teacher(cfg: Config) -> Path:
-    """loss.teacher (and teacher_select / teacher_same_seed in a sweep folder) as one run folder."""
+    """loss.teacher as one run folder: the folder itself when it is a run, else the one finished
+    run below it with every key of teacher_select (and, with teacher_same_seed, the student's seed)."""
     lo = cfg.loss
     if lo.teacher in (None, ""):
         raise bad("loss.teacher", lo.teacher, "must name a finished ls-bench run's folder (or a sweep folder of them) "
@@ -60,46 +88,53 @@ def find_teacher(cfg: Config) -> Path:
     root = Path(lo.teacher).expanduser()
     if not root.is_dir():
         raise bad("loss.teacher", lo.teacher, "must be an existing folder: a finished run's, or a sweep's")
-    runs = candidates(root)
+    sweep = not (root / "run_info.json").is_file()
+    runs = sorted(p.parent for p in root.rglob("run_info.json")) if sweep else [root]
     if not runs:
         raise bad("loss.teacher", lo.teacher, "holds no ls-bench run (no run_info.json in it or below it)")
-    wanted = flatten(dict(lo.teacher_select))
-    if len(runs) > 1 and lo.teacher_same_seed:
-        wanted.setdefault("seed", cfg.seed)
-    chosen = [r for r in runs if matches(recorded_config(r), wanted)]
+    configs = {r: recorded_config(r) for r in runs}
+    wanted = wanted_keys(cfg, {k for c in configs.values() for k in c}, sweep)
+    chosen = [r for r in runs if all(configs[r].get(k) == v for k, v in wanted.items())]
+    if sweep:
+        unfinished = [r for r in chosen if not finished(r)]
+        chosen = [r for r in chosen if finished(r)]
     if len(chosen) != 1:
         what = ", ".join(f"{k}={v}" for k, v in wanted.items()) or "no keys"
-        named = ", ".join(str(r.relative_to(root)) for r in (chosen or runs)[:4])
-        more = f" and {len(chosen or runs) - 4} more" if len(chosen or runs) > 4 else ""
-        raise ConfigError(f"loss.teacher={lo.teacher}: {len(chosen)} of its {len(runs)} runs have {what} "
-                          f"({'matching' if chosen else 'runs'}: {named}{more}); say which with "
+        shown = chosen or runs
+        named = ", ".join(str(r.relative_to(root)) for r in shown[:4]) + (f" and {len(shown) - 4} more"
+                                                                          if len(shown) > 4 else "")
+        skipped = f"; {len(unfinished)} more match but have not finished" if sweep and unfinished else ""
+        raise ConfigError(f"loss.teacher={lo.teacher}: {len(chosen)} of its {len(runs)} runs are finished and have "
+                          f"{what} ({'matching' if chosen else 'runs'}: {named}){skipped}; say which with "
                           f"+loss.teacher_select.KEY=VALUE")
     return chosen[0]
 
 
 def check_teacher(cfg: Config) -> Path:
-    """The teacher's folder, checked before any data loads: finished, with a checkpoint, trained on
-    the student's dataset and classes, with a softmax head."""
+    """The teacher's folder, checked before any data loads: finished, with a checkpoint, a known
+    model, trained on the student's dataset, classes and held-out splits, with a softmax head."""
+    from ls_bench.models import check_model
+
     run_dir = find_teacher(cfg)
     if not (run_dir / "final.json").is_file():
         raise bad("loss.teacher", str(run_dir), "has not finished (no final.json): train the teacher first")
     if not (run_dir / "last.pt").is_file():
         raise bad("loss.teacher", str(run_dir), "has no last.pt (trainer.checkpoint=false?): it cannot be rebuilt")
-    config, student = recorded_config(run_dir), flatten_config(cfg)
-    for key in MUST_MATCH:
+    config, student = recorded_config(run_dir), flat_json(cfg)
+    keys = MUST_MATCH + (MUST_MATCH_WITHOUT_TEST_SPLIT if cfg.data.name in NO_TEST_SPLIT else ())
+    for key in keys:
         if config.get(key) != student[key]:
             raise ConfigError(f"loss.teacher={run_dir}: the teacher was trained with {key}={config.get(key)}, the "
-                              f"student has {key}={student[key]}; a teacher must see the student's inputs and classes")
+                              f"student has {key}={student[key]}; a teacher must see the student's inputs and classes, "
+                              f"and never its validation or test images")
     if config.get("loss.name") == "binary":
         raise bad("loss.teacher", str(run_dir), "was trained with loss=binary (one sigmoid output); distillation needs "
                                                 "a softmax teacher")
+    try:
+        check_model(config.get("model.name"))
+    except ConfigError as e:
+        raise ConfigError(f"loss.teacher={run_dir}: its recorded {e}") from None
     return run_dir
-
-
-def flatten_config(cfg: Config) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return json.loads(json.dumps(flatten(asdict(cfg))))  # the types run_info.json holds
 
 
 def teacher_config(run_dir: Path) -> Config:
@@ -124,73 +159,89 @@ def teacher_config(run_dir: Path) -> Config:
 class Teacher:
     """`teacher(x, idx) -> logits [B, K]` on the student's normalised input x. x·scale + shift turns
     the student's normalisation into the teacher's; `cache` holds the logits of the whole training
-    split (no augmentation), indexed by idx, the samples' positions in it."""
+    split (no augmentation, no mixing), indexed by idx, the samples' positions in it."""
 
     model: nn.Module
     scale: Tensor  # [1, C, 1, 1]
     shift: Tensor
-    amp: Any  # a callable returning the student's autocast context
+    amp: Callable[[], contextlib.AbstractContextManager]  # the student's autocast
+    run_dir: Path
     cache: Tensor | None = None
-    run_dir: Path | None = None
 
     @torch.inference_mode()
-    def forward(self, x: Tensor) -> Tensor:
-        with self.amp():
-            f = self.model.features(torch.addcmul(self.shift, x, self.scale))
-        return self.model.head(f.float())  # the head in float32, as ls_bench.train.predict does
+    def infer(self, x: Tensor) -> Tensor:
+        """The teacher's logits on the student's input x, head in float32 (as predict computes them)."""
+        return outputs_fp32_head(self.model, torch.addcmul(self.shift, x, self.scale), self.amp())
 
     def __call__(self, x: Tensor, idx: Tensor | None = None) -> Tensor:
         if self.cache is not None and idx is not None:
             return self.cache[idx]
-        return self.forward(x).clone()  # out of inference mode: usable in the student's autograd graph
+        return self.infer(x).clone()  # out of inference mode: usable in the student's autograd graph
 
 
-def train_stats(tcfg: Config, cfg: Config, mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[tuple, tuple]:
-    """The teacher's normalisation: the student's when both used the same training images (the
-    same data config), else recomputed from the teacher's own training split."""
+def teacher_stats(run_dir: Path, tcfg: Config, cfg: Config) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The teacher's normalisation (its training split's channel mean and std): as its run_info.json
+    recorded it, or, for runs that did not record it, recomputed from its training split (images
+    only: label noise never changes them)."""
+    recorded = read_json(run_dir / "run_info.json").get("normalization")
+    if isinstance(recorded, dict):
+        return tuple(recorded["mean"]), tuple(recorded["std"])
+    from dataclasses import replace
+
+    from ls_bench.config import LabelNoiseConfig
     from ls_bench.data import load_dataset
 
-    def data_keys(c: Config) -> dict[str, Any]:
-        return {k: v for k, v in flatten_config(c).items()
-                if k.startswith("data.") and k not in NOT_COMPUTED and not k.startswith("data.label_noise")}
-
-    if data_keys(tcfg) == data_keys(cfg):
-        return mean, std
-    ds = load_dataset(DataConfig(**{**tcfg.data.__dict__, "root": cfg.data.root, "cache_dir": cfg.data.cache_dir}))
+    data = replace(tcfg.data, root=tcfg.data.root if tcfg.data.root and Path(tcfg.data.root).is_dir() else cfg.data.root,
+                   cache_dir=cfg.data.cache_dir, label_noise=LabelNoiseConfig())
+    ds = load_dataset(data)
     return ds.mean, ds.std
 
 
-def load_teacher(cfg: Config, ds: Any, norm: Any, device: torch.device, amp: Any) -> Teacher:
-    """The checked teacher, rebuilt, on the device, in eval mode; its training-split logits cached
-    when the student neither augments nor mixes."""
-    from ls_bench.checkpoint import load_checkpoint
-    from ls_bench.data import eval_batches
+def rebuild_model(run_dir: Path, tcfg: Config, ds: "Dataset") -> nn.Module:
+    """The teacher's architecture with its last.pt weights (weights_only); one-line errors."""
+    from ls_bench.checkpoint import CheckpointError, load_checkpoint
     from ls_bench.models import build_model
 
-    run_dir = check_teacher(cfg)
-    tcfg = teacher_config(run_dir)
-    shape = read_json(run_dir / "run_info.json").get("image_shape")  # recorded since 0.1's rivals
+    info = read_json(run_dir / "run_info.json")
+    shape = info.get("image_shape")  # recorded since the rivals landed
     if shape is not None and list(shape) != list(ds.train.x.shape[1:]):
         raise ConfigError(f"loss.teacher={run_dir}: the teacher was trained on images of shape {list(shape)}, the "
                           f"student's are {list(ds.train.x.shape[1:])}")
+    if "classes" in info and list(info["classes"]) != list(ds.classes):
+        raise ConfigError(f"loss.teacher={run_dir}: the teacher's classes {info['classes']} are not the student's "
+                          f"{list(ds.classes)}")
     model = build_model(tcfg.model.name, ds.in_channels, ds.num_classes, ds.image_size)
-    state = load_checkpoint(run_dir / "last.pt")
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(load_checkpoint(run_dir / "last.pt")["model"])
+    except CheckpointError as e:
+        raise ConfigError(f"loss.teacher={run_dir}: its last.pt cannot be loaded safely "
+                          f"({str(e).split('(', 1)[-1].split(';')[0]}") from None
     except (KeyError, RuntimeError) as e:
         raise ConfigError(f"loss.teacher={run_dir}: its last.pt does not fit a {tcfg.model.name} for "
                           f"{ds.num_classes} classes of {ds.image_size}x{ds.image_size} images "
                           f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    model = model.to(device).eval().requires_grad_(False)
+    return model
+
+
+def load_teacher(cfg: Config, ds: "Dataset", norm: "Normalize", device: torch.device,
+                 amp: Callable[[], contextlib.AbstractContextManager]) -> Teacher:
+    """The checked teacher, rebuilt, on the device, in eval mode; its training-split logits cached
+    when the student neither augments nor mixes."""
+    from ls_bench.data import eval_batches
+
+    run_dir = check_teacher(cfg)
+    tcfg = teacher_config(run_dir)
+    model = rebuild_model(run_dir, tcfg, ds).to(device).eval().requires_grad_(False)
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    mean_t, std_t = train_stats(tcfg, cfg, ds.mean, ds.std)
+    t_mean, t_std = teacher_stats(run_dir, tcfg, cfg)
     s_mean, s_std, t_mean, t_std = (torch.tensor(v, device=device).view(1, -1, 1, 1)
-                                    for v in (ds.mean, ds.std, mean_t, std_t))
-    teacher = Teacher(model, s_std / t_std, (s_mean - t_mean) / t_std, amp, run_dir=run_dir)
+                                    for v in (ds.mean, ds.std, t_mean, t_std))
+    # (x_raw/255 - m_t)/s_t = x_s · (s_s/s_t) + (m_s - m_t)/s_t, with x_s = (x_raw/255 - m_s)/s_s
+    teacher = Teacher(model, s_std / t_std, (s_mean - t_mean) / t_std, amp, run_dir)
     if not ds.augment and cfg.mix.name == "none":
-        teacher.cache = torch.cat([teacher.forward(x) for x, _ in eval_batches(ds.train, cfg.trainer.eval_batch_size,
-                                                                               norm)])
+        batches = eval_batches(ds.train, cfg.trainer.eval_batch_size, norm)
+        teacher.cache = torch.cat([teacher.infer(x) for x, _ in batches]).clone()
     return teacher
 
 

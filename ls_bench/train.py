@@ -37,7 +37,7 @@ from ls_bench.machine import (PRECISIONS, autocast, configure_backends, git_comm
                               precision_name, resolve_device, resolve_precision, set_threads, tune_allocator)
 from ls_bench.metrics import compute_metrics, default_top_k
 from ls_bench.mixing import check_mix, check_mix_with_loss, make_mixer
-from ls_bench.models import build_model, check_model
+from ls_bench.models import build_model, check_model, outputs_fp32_head
 from ls_bench.robustness import check_eval, check_eval_against_data, ood_results, shift_metrics
 from ls_bench.evaluation import evaluate_split
 from ls_bench.seeds import derive_seed, run_seeds
@@ -162,12 +162,7 @@ def predict(model: nn.Module, split: Split, batch_size: int, norm: Normalize,
     rounded to bf16 (8 bits of mantissa) would put their rounding into NLL, ECE and the fitted
     temperature."""
     model.eval()
-    out = []
-    for x, _ in eval_batches(split, batch_size, norm):
-        with amp:
-            f = model.features(x)
-        f = f.float()
-        out.append(f if features else model.head(f))
+    out = [outputs_fp32_head(model, x, amp, features) for x, _ in eval_batches(split, batch_size, norm)]
     z = torch.cat(out).cpu() if out else torch.empty(0, 0)
     return z if features else as_multiclass(z)
 
@@ -195,7 +190,7 @@ def check_names(cfg: Config) -> None:
     check_model(cfg.model.name)
     check_loss(cfg.loss)
     check_mix(cfg.mix.name, cfg.mix.alpha, cfg.mix.prob)
-    check_mix_with_loss(cfg.mix.name, cfg.loss.name)
+    check_mix_with_loss(cfg.mix.name, cfg.loss.name, cfg.mix.alpha, cfg.mix.prob)
     if cfg.loss.name == "distill":
         check_teacher(cfg)
     check_eval(cfg)
@@ -211,7 +206,7 @@ def setup(cfg: Config) -> Run:
     seeds = run_seeds(cfg)
     ds = load_dataset(cfg.data, seeds["noise"])
     check_metrics_against_data(cfg, ds)
-    check_eval_against_data(cfg, ds.test)
+    check_eval_against_data(cfg, ds.test, ds.num_classes)
     backends = configure_backends(device, amp_dtype, cfg.trainer.deterministic)
     ds = ds.to(device)
     norm = Normalize(ds.mean, ds.std, device, cfg.trainer.channels_last)

@@ -374,15 +374,56 @@ def test_mixing_is_refused_where_it_has_no_meaning(loss: str) -> None:
         make_config("mix=mixup", f"loss={loss}", *extra)
 
 
-def test_the_run_draws_mixing_from_the_data_seed_stream_only() -> None:
-    """Two criteria with different ε, fed the run's per-epoch mixing generator, mix the same pairs;
-    another epoch's generator mixes other pairs."""
-    from ls_bench.seeds import derive_seed
+def test_the_run_draws_mixing_from_the_data_seed_stream_only(tmp_path, monkeypatch) -> None:
+    """The runner's mixing draws (λ, partners) depend on the data seed only: the same for ε = 0 and
+    ε = 0.1 and for another init seed, other with another seeds.data."""
+    from conftest import TINY, make_config
+    from ls_bench.train import fit
 
-    x, y, t = batch(B=16, K=5)
-    m = Mixer("cutmix", 1.0, 1.0)
-    a = m(x, t, torch.Generator().manual_seed(derive_seed(123, "mix0")))
-    b = m(x, soft_targets(y, 5, eps=0.0), torch.Generator().manual_seed(derive_seed(123, "mix0")))
-    c = m(x, t, torch.Generator().manual_seed(derive_seed(123, "mix1")))
-    assert torch.equal(a.x, b.x) and torch.equal(a.perm, b.perm) and a.lam == b.lam
-    assert not torch.equal(a.x, c.x)
+    seen: list[tuple[float, list[int]]] = []
+    real = Mixer.__call__
+
+    def recording(self, x, t, g):
+        out = real(self, x, t, g)
+        seen.append((out.lam, out.perm.tolist()))
+        return out
+
+    monkeypatch.setattr(Mixer, "__call__", recording)
+    draws = {}
+    for name, extra in (("eps0", ["loss.epsilon=0"]), ("eps0.1", ["loss.epsilon=0.1"]),
+                        ("init", ["loss.epsilon=0", "seeds.init=99"]), ("data", ["loss.epsilon=0", "seeds.data=99"])):
+        seen.clear()
+        fit(make_config(*TINY, "trainer.epochs=2", "metrics.figures=false", "eval.bootstrap=0", "mix=mixup", *extra),
+            tmp_path / name)
+        draws[name] = list(seen)
+    assert len(draws["eps0"]) == 2 * (1149 // 64)  # every step of both epochs mixed
+    assert draws["eps0"] == draws["eps0.1"] == draws["init"]
+    assert draws["data"] != draws["eps0"]
+
+
+def test_training_accuracy_under_mixing_counts_the_dominant_label() -> None:
+    """A model that always predicts class 0 is right on exactly the batches' dominant labels equal to
+    0: y_i where λ ≥ 1/2, y_perm(i) where λ < 1/2 (replayed here with the same draws)."""
+    from conftest import TINY, make_config
+    from ls_bench.data import train_batches
+    from ls_bench.train import setup, train_one_epoch
+
+    run = setup(make_config(*TINY, "mix=mixup"))
+    always0 = torch.nn.Linear(1, 10)
+    with torch.no_grad():
+        always0.weight.zero_()
+        always0.bias.copy_(torch.tensor([5.0] + [0.0] * 9))
+    run.train_model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(1), always0)
+    run.train_model(run.norm(run.ds.train.x[:2]))  # materialise the lazy layer
+    m = train_one_epoch(run, train_batches(run.ds.train, 64, 3, False, run.norm), None, "acc",
+                        torch.Generator().manual_seed(11))
+    mixer, g = Mixer("mixup", 1.0), torch.Generator().manual_seed(11)
+    hits = seen = 0
+    lams = []
+    for x, y, _ in train_batches(run.ds.train, 64, 3, False, run.norm):
+        out = mixer(x, soft_targets(y, 10, eps=0.0), g)
+        lams.append(out.lam)
+        hits += int((dominant(y, out.lam, out.perm) == 0).sum())
+        seen += len(y)
+    assert min(lams) < 0.5 < max(lams)  # both cases occur
+    assert m["train/acc"] == hits / seen

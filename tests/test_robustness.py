@@ -3,6 +3,7 @@ interval on test, shift under corruptions, OOD detection; their config checks; O
 
 from __future__ import annotations
 
+import re
 import statistics
 from pathlib import Path
 
@@ -73,6 +74,7 @@ def test_ood_scores_against_the_saved_ood_logits(evaluated: tuple[Path, dict]) -
     ("eval.bootstrap=-1", "eval.bootstrap=-1 is invalid"),
     ("eval.shift_size=0", "eval.shift_size=0 is invalid"),
     ("eval.shift_size=2.5", "eval.shift_size=2.5 is invalid"),
+    ("eval.shift_size=100", "eval.shift_size=100 is invalid: is only read with eval.corruptions"),
 ])
 def test_bad_eval_config_is_one_line_before_training(override: str, message: str) -> None:
     with pytest.raises(ConfigError) as e:
@@ -95,6 +97,10 @@ def test_shift_size_above_the_test_split_is_refused_before_training(tmp_path: Pa
     with pytest.raises(ConfigError, match=r"^eval.shift_size=361 is invalid: must be <= the 360 test images$"):
         fit(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    for size, shown in (("5", "5"), ("0.01", "0.01 (4 images)"), ("355", "355")):  # 10 classes: 10..350, or all
+        with pytest.raises(ConfigError, match=rf"^eval.shift_size={re.escape(shown)} is invalid: a stratified sample "
+                                              r"of the 360 test images needs between 10 and 350 of them"):
+            fit(make_config(*TINY, "eval.corruptions=[contrast]", f"eval.shift_size={size}"), tmp_path / "run")
 
 
 def test_ood_images_take_the_data_shape_or_are_refused() -> None:
@@ -118,27 +124,32 @@ def test_the_sweep_report_has_the_evaluation_sections(tmp_path: Path) -> None:
 
     sweep = tmp_path / "sweep"
     r = run_cli("-m", *TINY, SIX, "metrics.figures=false", "eval.corruptions=[contrast]", "eval.severities=[1,5]",
-                "eval.ood=[noise]", "eval.bootstrap=100", "loss.epsilon=0,0.1", f"hydra.sweep.dir={sweep}")
+                "eval.ood=[noise]", "eval.bootstrap=100", "loss.epsilon=0,0.1", "seed=0,1", f"hydra.sweep.dir={sweep}")
     assert r.returncode == 0, r.stderr
     md = (sweep / "summary.md").read_text()
     for title in ("## Selective classification", "## Shift: mean over the corruptions", "## OOD detection"):
         assert title in md
     assert (sweep / "shift_vs_severity.png").exists() and "shift_vs_severity.png" in md
-    finals = {json.loads((p.parent / "run_info.json").read_text())["config"]["loss.epsilon"]: json.loads(p.read_text())
-              for p in sweep.glob("*/final.json")}
+    runs = {(c["loss.epsilon"], c["seed"]): p.parent for p in sweep.glob("*/final.json")
+            if (c := json.loads((p.parent / "run_info.json").read_text())["config"])}
+    finals = {k: json.loads((d / "final.json").read_text()) for k, d in runs.items()}
     shift_part = md[md.index("## Shift"):md.index("## OOD")]
     row = next(line for line in shift_part.splitlines() if line.startswith("| 0.1 |"))
-    assert f"{finals[0.1]['shift/s5/acc']:.4f}" in row  # one seed: the cell is that run's value
+    mean = statistics.fmean(finals[(0.1, s)]["shift/s5/acc"] for s in (0, 1))
+    assert f" {mean:.4f} ± " in row  # the mean over the two seeds
     ece_part = md[md.index("## ECE with its own error bar"):md.index("## Selective")]
-    dirs = {json.loads((p.parent / "run_info.json").read_text())["config"]["loss.epsilon"]: p.parent
-            for p in sweep.glob("*/final.json")}
-    (conf_a, corr_a), (conf_b, corr_b) = (_conf(dirs[e], finals[e]["temperature"]) for e in (0.1, 0.0))
-    ref = paired_bootstrap_ece_diff(conf_a, corr_a, conf_b, corr_b, n_bins=15, n_resamples=100, seed=0)
-    point = finals[0.1]["test_ts/ece"] - finals[0.0]["test_ts/ece"]
-    row = next(line for line in ece_part.splitlines() if line.startswith("| 0.1 | seed=0 |"))
-    assert f"{point:+.4f} [{ref['lo']:+.4f}, {ref['hi']:+.4f}]" in row  # the after-TS column, from the predictions
-    mean_row = next(line for line in ece_part.splitlines() if line.startswith("| 0.1 | 1 |"))
-    assert f"{finals[0.1]['test/ece']:.4f} (bootstrap [{finals[0.1]['test/ece_lo']:.4f}, " in mean_row
+    for seed in (0, 1):  # each seed against the ε = 0 run of its own seed, before and after TS
+        a, b = (0.1, seed), (0.0, seed)
+        row = next(line for line in ece_part.splitlines() if line.startswith(f"| 0.1 | {seed} |"))
+        for column, t_a, t_b, key in ((2, 1.0, 1.0, "test/ece"),
+                                      (3, finals[a]["temperature"], finals[b]["temperature"], "test_ts/ece")):
+            ref = paired_bootstrap_ece_diff(*_conf(runs[a], t_a), *_conf(runs[b], t_b), n_bins=15, n_resamples=100,
+                                            seed=0)
+            point = finals[a][key] - finals[b][key]
+            assert row.split(" | ")[column].startswith(f"{point:+.4f} [{ref['lo']:+.4f}, {ref['hi']:+.4f}]"), row
+    mean_row = next(line for line in ece_part.splitlines() if line.startswith("| 0.1 | 2 |"))
+    lo = statistics.fmean(finals[(0.1, s)]["test/ece_lo"] for s in (0, 1))
+    assert f"(bootstrap [{lo:.4f}, " in mean_row
 
 
 def _conf(run_dir: Path, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:

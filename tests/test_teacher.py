@@ -14,7 +14,7 @@ import torch
 
 from conftest import TINY, make_config
 from ls_bench.errors import ConfigError
-from ls_bench.teacher import load_teacher
+from ls_bench.teacher import find_teacher, load_teacher
 from ls_bench.train import fit, predict, setup
 
 FAST = [*TINY, "metrics.figures=false", "eval.bootstrap=0"]
@@ -46,7 +46,7 @@ def test_the_rebuilt_teacher_predicts_what_it_saved(teachers: Path) -> None:
     # No augmentation, no mixing: the training split's logits are cached, and equal a fresh forward.
     assert teacher.cache is not None and teacher.cache.shape == (len(run.ds.train), 10)
     x = run.norm(run.ds.train.x[:50])
-    assert torch.allclose(teacher(x, torch.arange(50)), teacher.forward(x), atol=1e-5)
+    assert torch.allclose(teacher(x, torch.arange(50)), teacher.infer(x), atol=1e-5)
 
 
 def _batches(run):
@@ -75,7 +75,7 @@ def test_mixed_batches_recompute_the_teacher_on_what_the_student_sees(teachers: 
     x, y = run.norm(run.ds.train.x[:64]), run.ds.train.y[:64]
     batch = run.criterion.targets(x, y, None, torch.Generator().manual_seed(0), torch.arange(64))
     assert not torch.equal(batch.x, x)  # mixup at prob 1 mixed this batch
-    assert torch.allclose(batch.teacher, run.criterion.teacher.forward(batch.x), atol=1e-5)
+    assert torch.allclose(batch.teacher, run.criterion.teacher.infer(batch.x), atol=1e-5)
 
 
 def test_a_sweep_folder_gives_the_teacher_of_the_students_seed_and_the_selected_keys(teachers: Path) -> None:
@@ -83,10 +83,10 @@ def test_a_sweep_folder_gives_the_teacher_of_the_students_seed_and_the_selected_
     assert run.criterion.teacher.run_dir == teachers / "eps0_s1"
     run = setup(student(f"loss.teacher={teachers}", "seed=0", "+loss.teacher_select.loss.epsilon=0.1"))
     assert run.criterion.teacher.run_dir == teachers / "eps0.1_s0"
-    with pytest.raises(ConfigError, match=r"^loss.teacher=.*: 2 of its 3 runs have seed=0 \(matching: eps0.1_s0, "
+    with pytest.raises(ConfigError, match=r"^loss.teacher=.*: 2 of its 3 runs are finished and have seed=0 \(matching: eps0.1_s0, "
                                           r"eps0_s0\); say which with \+loss.teacher_select.KEY=VALUE$"):
         student(f"loss.teacher={teachers}", "seed=0")
-    with pytest.raises(ConfigError, match=r"0 of its 3 runs have loss.epsilon=0.3, seed=1"):
+    with pytest.raises(ConfigError, match=r"0 of its 3 runs are finished and have loss.epsilon=0.3, seed=1"):
         student(f"loss.teacher={teachers}", "seed=1", "+loss.teacher_select.loss.epsilon=0.3")
 
 
@@ -139,3 +139,64 @@ def test_a_teacher_of_another_image_shape_is_refused_when_the_data_loads(teacher
     (other / "run_info.json").write_text(json.dumps({**info, "image_shape": [3, 32, 32]}))
     with pytest.raises(ConfigError, match=r"trained on images of shape \[3, 32, 32\], the student's are \[1, 8, 8\]$"):
         setup(student(f"loss.teacher={other}"))
+
+
+def test_a_one_run_sweep_folder_still_pairs_by_seed_and_unfinished_runs_are_skipped(teachers: Path,
+                                                                                     tmp_path: Path) -> None:
+    one = tmp_path / "one"
+    shutil.copytree(teachers / "eps0_s0", one / "eps0_s0")
+    with pytest.raises(ConfigError, match=r"0 of its 1 runs are finished and have seed=1"):
+        student(f"loss.teacher={one}", "seed=1")
+    assert find_teacher(student(f"loss.teacher={one}", "seed=1", "loss.teacher_same_seed=false")) == one / "eps0_s0"
+    shutil.copytree(teachers / "eps0_s0", one / "copy_unfinished")
+    (one / "copy_unfinished" / "final.json").unlink()
+    assert find_teacher(student(f"loss.teacher={one}", "seed=0")) == one / "eps0_s0"
+
+
+def test_teacher_select_keys_are_checked_and_groups_stand_for_their_name(teachers: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^loss.teacher_select.loss.epsilonn=0 is invalid: is not a config key of "
+                                          r"the teacher runs; did you mean loss.epsilon"):
+        student(f"loss.teacher={teachers}", "+loss.teacher_select.loss.epsilonn=0")
+    cfg = student(f"loss.teacher={teachers}", "seed=1", "+loss.teacher_select.model=small_cnn")
+    assert find_teacher(cfg) == teachers / "eps0_s1"  # model=small_cnn read as model.name=small_cnn
+
+
+def test_a_teacher_that_saw_the_students_held_out_images_is_refused(teachers: Path) -> None:
+    for override, key in (("data.split_seed=1", "data.split_seed"), ("data.val_size=0.3", "data.val_size"),
+                          ("data.test_size=0.3", "data.test_size")):
+        with pytest.raises(ConfigError, match=rf"the teacher was trained with {key}=.*never its validation or test "
+                                              rf"images$"):
+            student(f"loss.teacher={teachers / 'eps0_s0'}", override)
+
+
+def test_binary_corrupt_and_misfitting_teachers_are_one_line(tmp_path: Path, teachers: Path) -> None:
+    binary = tmp_path / "binary"
+    fit(make_config(*FAST, "loss=binary", "data.classes=[3,5]"), binary)
+    with pytest.raises(ConfigError, match="was trained with loss=binary"):
+        student(f"loss.teacher={binary}", "data.classes=[3,5]")
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(teachers / "eps0_s0", corrupt)
+    (corrupt / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match=r"^loss.teacher=.*corrupt: its last.pt cannot be loaded safely") as e:
+        setup(student(f"loss.teacher={corrupt}"))
+    assert "delete it" not in str(e.value)  # never advise deleting a teacher
+
+
+def test_the_teacher_sees_its_own_normalisation_when_its_training_split_differs(teachers: Path,
+                                                                                tmp_path: Path) -> None:
+    """A teacher trained on a 300-image subset has other channel statistics than a student on all
+    the training images: the student's normalised input is converted, x·(s_s/s_t) + (m_s − m_t)/s_t."""
+    from ls_bench.data import Normalize, load_dataset
+
+    t_dir = tmp_path / "subset_teacher"
+    t_cfg = make_config(*FAST, "data.train_size=300")
+    fit(t_cfg, t_dir)
+    run = setup(student(f"loss.teacher={t_dir}"))
+    t_ds = load_dataset(t_cfg.data)
+    assert t_ds.mean != run.ds.mean
+    own = predict(run.criterion.teacher.model, run.ds.test, 256, Normalize(t_ds.mean, t_ds.std, run.device, False),
+                  run.amp())
+    converted = torch.cat([run.criterion.teacher(x) for x, _ in _batches(run)])
+    assert torch.allclose(converted, own, atol=1e-4)
+    with np.load(t_dir / "predictions.npz") as p:
+        assert torch.allclose(own, torch.from_numpy(p["test_logits"]), atol=1e-4)

@@ -5,9 +5,10 @@ Every builder takes (in_channels, num_classes, image_size) and returns a module 
 nn.Linear(D, num_classes), so forward(x) = head(features(x)).
 """
 
+import contextlib
 from typing import Callable
 
-from torch import nn
+from torch import Tensor, nn
 
 from ls_bench.errors import bad
 
@@ -34,3 +35,14 @@ def check_model(name: str) -> None:
 
 def build_model(name: str, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     return MODELS[name](in_channels, num_classes, image_size)
+
+
+def outputs_fp32_head(model: nn.Module, x: Tensor, amp: contextlib.AbstractContextManager,
+                      features: bool = False) -> Tensor:
+    """Logits (or penultimate features, float32) of a batch: the body under `amp` (bf16/fp16
+    autocast), the last layer in float32 outside it. Logits rounded to bf16 (8 bits of mantissa)
+    would put their rounding into NLL, ECE, the fitted temperature and a teacher's soft targets."""
+    with amp:
+        f = model.features(x)
+    f = f.float()
+    return f if features else model.head(f)
