@@ -18,12 +18,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
-    from ls_bench.report import Baseline, Run
+    from ls_bench.report_runs import Run
+    from ls_bench.report_stats import Baseline, Group
 
 TITLE = "ECE with its own error bar: seed-paired and test-sample-paired differences"
 
 
-def _confidences(run: "Run", temperature: float) -> tuple[Any, Any] | None:
+def _confidences(run: "Run", temperature: float) -> tuple[Any, Any, Any] | None:
+    """(confidence, correct, labels) of the run's saved test predictions at `temperature`."""
     import numpy as np
     import torch
 
@@ -34,27 +36,29 @@ def _confidences(run: "Run", temperature: float) -> tuple[Any, Any] | None:
         return None
     with np.load(path, allow_pickle=False) as f:
         z, y = torch.from_numpy(f["test_logits"]), torch.from_numpy(f["test_labels"]).long()
-    return confidence_correct(z / temperature, y)
+    return (*confidence_correct(z / temperature, y), y)
 
 
 def pair_intervals(run: "Run", base: "Run") -> dict[str, dict[str, float]]:
-    """{"ece": {mean, lo, hi}, "ts_ece": ...}: the paired bootstrap of ECE(run) − ECE(base) on the
-    test samples, before and (when both have a temperature) after temperature scaling."""
+    """{"ece": {point, mean, lo, hi}, "ts_ece": ...}: the paired bootstrap of ECE(run) − ECE(base)
+    on the test samples, before and (when both have a temperature) after temperature scaling, with
+    the run's eval.bootstrap resamples (none: {}) seeded by its data.split_seed. Two runs whose saved
+    test labels differ (another data.root, say) are not paired."""
+    import torch
+
     from ls_bench.evaluation import paired_bootstrap_ece_diff
 
-    n_bins = int(run.config.get("metrics.n_bins", 15))
-    resamples = int(run.config.get("eval.bootstrap", 1000)) or 1000
-    seed = int(run.config.get("data.split_seed", 0))
+    resamples = int(run.config.get("eval.bootstrap", 1000))
     out: dict[str, dict[str, float]] = {}
-    for key, t_run, t_base in (("ece", 1.0, 1.0), ("ts_ece", run.value("temperature"), base.value("temperature"))):
-        if t_run is None or t_base is None:
+    for key, metric, t_run, t_base in (("ece", "test/ece", 1.0, 1.0),
+                                       ("ts_ece", "test_ts/ece", run.value("temperature"), base.value("temperature"))):
+        a, b = _confidences(run, t_run or 1.0), _confidences(base, t_base or 1.0)
+        point_a, point_b = run.value(metric), base.value(metric)
+        if resamples <= 0 or None in (t_run, t_base, a, b, point_a, point_b) or not torch.equal(a[2], b[2]):
             continue
-        a, b = _confidences(run, t_run), _confidences(base, t_base)
-        if a is None or b is None or len(a[0]) != len(b[0]):
-            continue
-        out[key] = paired_bootstrap_ece_diff(*a, *b, n_bins=n_bins, n_resamples=resamples, seed=seed)
-        out[key]["point"] = (run.value("test/ece" if key == "ece" else "test_ts/ece") or 0.0) - \
-            (base.value("test/ece" if key == "ece" else "test_ts/ece") or 0.0)
+        out[key] = {"point": point_a - point_b, **paired_bootstrap_ece_diff(
+            a[0], a[1], b[0], b[1], n_bins=int(run.config.get("metrics.n_bins", 15)), n_resamples=resamples,
+            seed=int(run.config.get("data.split_seed", 0)))}
     return out
 
 
@@ -65,49 +69,64 @@ def _interval(d: dict[str, float] | None) -> str:
     return f"{d['point']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]{mark}"
 
 
+def _seed_label(run: "Run", seed_keys: Sequence[str]) -> str:
+    return ", ".join(str(run.config[k]) if k == "seed" else f"{k}={run.config[k]}" for k in seed_keys
+                     if k in run.config and (k == "seed" or run.config[k] is not None))
+
+
+def mean_row(g: "Group", keys: Sequence[str], baseline: "Baseline") -> list[str]:
+    """One setting: its mean ECE with the mean of its runs' bootstrap intervals, and the seed-paired Δs."""
+    from ls_bench.report import diff_cell
+    from ls_bench.report_stats import _label
+
+    s = g.stats
+    boot = (f" (bootstrap [{s['test/ece_lo'].mean:.4f}, {s['test/ece_hi'].mean:.4f}])"
+            if "test/ece_lo" in s and s["test/ece_lo"].mean is not None else "")
+    ece = "–" if s["test/ece"].mean is None else f"{s['test/ece'].mean:.4f}"
+    return [*(_label(g.labels[k]) for k in keys), str(len(g.done)), ece + boot,
+            diff_cell(g.diffs.get("test/ece"), baseline.label),
+            diff_cell(g.diffs.get("test_ts/ece"), baseline.label) if "test_ts/ece" in s else "–"]
+
+
+def pair_rows(runs: Sequence["Run"], groups: Sequence["Group"], keys: Sequence[str],
+              baseline: "Baseline") -> list[list[str]]:
+    """One row per run with a baseline partner: its seed and the two test-sample-paired intervals."""
+    from ls_bench.report_stats import _label, _sort_key, baseline_partners, is_seed_key
+
+    partner = baseline_partners(runs, baseline)
+    seed_keys = sorted({k for r in runs for k in r.config if is_seed_key(k)})
+    rows = []
+    for g in groups:
+        if baseline.matches(g.labels):
+            continue
+        for r in sorted(g.done, key=lambda r: _sort_key(r.config.get(k) for k in seed_keys)):
+            if (b := partner(r)) is not None and (d := pair_intervals(r, b)):
+                rows.append([*(_label(g.labels[k]) for k in keys), _seed_label(r, seed_keys),
+                             _interval(d.get("ece")), _interval(d.get("ts_ece"))])
+    return rows
+
+
 def ece_section(runs: Sequence["Run"], baseline: "Baseline") -> list[str]:
-    """Markdown lines of the section; none when no finished pair has predictions.npz."""
-    from ls_bench.report import LEVEL, _label, build_groups, diff_cell, is_seed_key, md_table, setting_key
+    """Markdown lines of the section; none when no finished pair has predictions.npz and resamples."""
+    from ls_bench.report import md_table
+    from ls_bench.report_stats import LEVEL, build_groups
 
     metrics = [m for m in ("test/ece", "test/ece_lo", "test/ece_hi", "test_ts/ece")
                if any(r.value(m) is not None for r in runs if r.status == "done")]
     if "test/ece" not in metrics:
         return []
     groups, keys = build_groups(runs, metrics, baseline)
-    seeds = {k for r in runs for k in r.config if is_seed_key(k)}
-    base = {setting_key(r.config, [baseline.key]): r for r in runs if r.status == "done" and baseline.matches(r.config)}
-    mean_rows, pair_rows = [], []
-    for g in groups:
-        s = g.stats
-        boot = (f" (bootstrap [{s['test/ece_lo'].mean:.4f}, {s['test/ece_hi'].mean:.4f}])"
-                if "test/ece_lo" in s and s["test/ece_lo"].mean is not None else "")
-        ece = s["test/ece"]
-        mean_rows.append([*(_label(g.labels[k]) for k in keys), str(len(g.done)),
-                          ("–" if ece.mean is None else f"{ece.mean:.4f}") + boot,
-                          diff_cell(g.diffs.get("test/ece"), baseline.label),
-                          diff_cell(g.diffs.get("test_ts/ece"), baseline.label) if "test_ts/ece" in s else "–"])
-        if baseline.matches(g.labels):
-            continue
-        for r in sorted(g.done, key=lambda r: str([r.config.get(k) for k in sorted(seeds)])):
-            b = base.get(setting_key(r.config, [baseline.key]))
-            if b is None:
-                continue
-            d = pair_intervals(r, b)
-            if d:
-                seed = ", ".join(f"{k}={r.config[k]}" for k in sorted(seeds) if k in r.config
-                                 and (k == "seed" or r.config[k] is not None))
-                pair_rows.append([*(_label(g.labels[k]) for k in keys), seed, _interval(d.get("ece")),
-                                  _interval(d.get("ts_ece"))])
-    if not pair_rows:
+    rows = pair_rows(runs, groups, keys, baseline)
+    if not rows:
         return []
-    n_boot = int(next(r for r in runs if r.status == "done").config.get("eval.bootstrap", 1000)) or 1000
+    resamples = sorted({int(r.config.get("eval.bootstrap", 1000)) for r in runs if r.status == "done"} - {0})
     return ["", f"## {TITLE}", "",
             f"ECE: mean over seeds, with each run's own {LEVEL:.0%} bootstrap interval over the test samples "
             f"(mean of test/ece_lo and test/ece_hi). Δ: the seed-paired difference to {baseline.label} "
             f"(mean ± {LEVEL:.0%} CI half-width over seeds).", "",
-            md_table([*keys, "n", "test/ece", "Δtest/ece (seeds)", "Δtest_ts/ece (seeds)"], mean_rows), "",
+            md_table([*keys, "n", "test/ece", "Δtest/ece (seeds)", "Δtest_ts/ece (seeds)"],
+                     [mean_row(g, keys, baseline) for g in groups]), "",
             f"Per seed: ECE(run) − ECE({baseline.label}) on the same test samples [paired percentile bootstrap, "
-            f"{n_boot} resamples, {LEVEL:.0%}]; * marks an interval that excludes 0. After TS each model uses "
-            f"its own temperature.", "",
-            md_table([*keys, "seed", "ΔECE [bootstrap]", "ΔECE after TS [bootstrap]"], pair_rows)]
-
+            f"{'/'.join(map(str, resamples))} resamples (the run's eval.bootstrap), {LEVEL:.0%}]; * marks an "
+            f"interval that excludes 0. After TS each model uses its own temperature.", "",
+            md_table([*keys, "seed", "ΔECE [bootstrap]", "ΔECE after TS [bootstrap]"], rows)]

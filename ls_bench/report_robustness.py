@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
-    from ls_bench.report import Baseline, Group, Run
+    from ls_bench.report_runs import Run
+    from ls_bench.report_stats import Baseline, Group
 
 SELECTIVE = ("test/aurc", "test/eaurc", "test/risk_cov80", "test_ts/aurc", "test/ece_lo", "test/ece_hi",
              "test/dece", "test/smece")
@@ -18,7 +19,7 @@ SHIFT = ("acc", "nll", "ece", "ts_ece")  # per severity: shift/s<k>/<key>
 
 def section_metrics(runs: Sequence["Run"]) -> dict[str, list[str]]:
     """{section title: the final.json keys it shows}, for the sections some finished run has."""
-    from ls_bench.report import numeric_keys
+    from ls_bench.report_runs import numeric_keys
 
     keys = numeric_keys(runs)
     severities = sorted({int(m.group(1)) for k in keys if (m := re.fullmatch(r"shift/s(\d+)/acc", k))})
@@ -33,7 +34,8 @@ def section_metrics(runs: Sequence["Run"]) -> dict[str, list[str]]:
 
 def markdown_sections(runs: Sequence["Run"], baseline: "Baseline") -> tuple[list[str], dict[str, list["Group"]]]:
     """Markdown lines of every section, and each section's groups (for the plots)."""
-    from ls_bench.report import LEVEL, build_groups, md_table, tables
+    from ls_bench.report import md_table, tables
+    from ls_bench.report_stats import LEVEL, build_groups
 
     lines: list[str] = []
     grouped: dict[str, list["Group"]] = {}
@@ -53,7 +55,7 @@ def plot_shift(groups: Sequence["Group"], path: Path) -> bool:
     mean over seeds with 95% CI bars, a line per setting (ε and the other varying keys)."""
     from matplotlib.figure import Figure
 
-    from ls_bench.report import _label
+    from ls_bench.report_stats import _label
 
     panels = [key for key in SHIFT if key != "nll"]
     fig = Figure(figsize=(4.2 * len(panels), 3.6), layout="constrained")
