@@ -195,6 +195,7 @@ def risk_coverage_curve(logits: Tensor, labels: Tensor, temperature: float | Non
     curves = [("before TS", 1.0, "tab:blue")]
     if temperature is not None:
         curves.append((f"after TS (T = {temperature:.3g})", temperature, "tab:orange"))
+    n, errors = len(labels), float((1 - confidence_correct(logits, labels)[1]).sum())  # the same after TS
     fig = _figure(4.6, 3.6, left=0.14, bottom=0.14, top=0.9)
     ax = fig.subplots()
     for name, t, color in curves:
@@ -202,7 +203,6 @@ def risk_coverage_curve(logits: Tensor, labels: Tensor, temperature: float | Non
         coverage, risk = risk_coverage(conf, correct)
         ax.plot(coverage.numpy(), risk.numpy(), color=color, linewidth=1.2,
                 label=f"{name}: AURC {float(risk.mean()):.4f}")
-    n, errors = len(labels), float((1 - correct).sum())
     k = torch.arange(1, n + 1, dtype=torch.float64)
     optimal = (k - (n - errors)).clamp_min(0) / k
     ax.plot((k / n).numpy(), optimal.numpy(), "k--", linewidth=1, label=f"perfect ranking: {float(optimal.mean()):.4f}")

@@ -18,6 +18,7 @@ are computed once at set-up.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -103,6 +104,7 @@ def main() -> None:
         print(f"{name:30s} {statistics.median(ts):8.1f} {statistics.median(ts) / ref:8.3f}"
               f"{'   (vs LS, no augment)' if 'no augment' in name and name != 'label smoothing, no augment' else ''}")
     sys.stdout.flush()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
