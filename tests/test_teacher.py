@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -200,3 +202,27 @@ def test_the_teacher_sees_its_own_normalisation_when_its_training_split_differs(
     assert torch.allclose(converted, own, atol=1e-4)
     with np.load(t_dir / "predictions.npz") as p:
         assert torch.allclose(own, torch.from_numpy(p["test_logits"]), atol=1e-4)
+
+
+def test_one_command_distils_every_teacher_epsilon_and_the_report_pairs_them(teachers: Path, tmp_path: Path) -> None:
+    """The README's teacher sweep, as a user types it: job folders named by the selected teacher ε
+    (never by the teacher's path), each student recording its own teacher, and the report pairing
+    students by seed against the one-hot teacher's."""
+    from conftest import run_cli
+
+    sweep = tmp_path / "students"
+    r = run_cli("-m", *FAST, "loss=distill", f"loss.teacher={teachers}", "+loss.teacher_select.loss.epsilon=0,0.1",
+                "loss.kd_temperature=2", "seed=0", f"hydra.sweep.dir={sweep}", "hydra.callbacks.sweep_report.enabled=false")
+    assert r.returncode == 0, r.stderr[-2000:]
+    jobs = sorted(p.parent.parent for p in sweep.rglob(".hydra/config.yaml"))
+    assert [j.parent for j in jobs] == [sweep, sweep] and all("loss.teacher=" not in j.name for j in jobs)
+    finals = {json.loads((j / "final.json").read_text())["teacher/epsilon"]: j for j in jobs}
+    assert set(finals) == {0.0, 0.1}
+    for eps, job in finals.items():
+        info = json.loads((job / "run_info.json").read_text())
+        assert info["teacher"]["dir"] == str((teachers / ("eps0_s0" if eps == 0 else "eps0.1_s0")).resolve())
+    r = subprocess.run([sys.executable, "-m", "ls_bench.report", str(sweep), "--no-plots", "--baseline",
+                        "loss.teacher_select.loss.epsilon=0", "--metrics", "test/acc,teacher/test_acc"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "loss.teacher_select.loss.epsilon" in r.stdout and "Δteacher/test_acc" in r.stdout
