@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ls_bench.config import NOT_COMPUTED, Config, flat_config
+from ls_bench.config import NOT_COMPUTED, Config, flat_json
 from ls_bench.errors import ConfigError, first_line
 from ls_bench.files import atomic_write, read_json
 
@@ -59,7 +59,7 @@ def check_same_run(run_dir: Path, config: dict[str, Any]) -> None:
     now = json.loads(json.dumps(config))  # the types a JSON round trip gives (tuples as lists)
     # A key added to the schema since that run (absent from its record) counts as unchanged while
     # it has its default: the old run computed exactly that.
-    defaults = json.loads(json.dumps(flat_config(Config())))
+    defaults = flat_json(Config())
     before = {**{k: v for k, v in defaults.items() if k not in before and now.get(k) == v}, **before}
     changed = [k for k in sorted(set(before) | set(now))
                if k not in NOT_COMPUTED and (k in before, before.get(k)) != (k in now, now.get(k))]

@@ -9,6 +9,7 @@ before the data loads. This module imports neither hydra nor any other ls-bench 
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, Dict, List, Optional
@@ -169,6 +170,11 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def flat_config(cfg: Config) -> dict[str, Any]:
     return flatten(asdict(cfg))
+
+
+def flat_json(cfg: Config) -> dict[str, Any]:
+    """flat_config with the types a JSON round trip gives (tuples as lists), as run_info.json holds it."""
+    return json.loads(json.dumps(flat_config(cfg)))
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:

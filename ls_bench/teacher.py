@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import Tensor, nn
 
-from ls_bench.config import Config, flat_config, flatten
+from ls_bench.config import Config, flat_json, flatten
 from ls_bench.errors import ConfigError, bad
 from ls_bench.files import read_json
 from ls_bench.models import outputs_fp32_head
@@ -49,11 +49,6 @@ def recorded_config(run_dir: Path) -> dict[str, Any]:
         raise ConfigError(f"loss.teacher: {run_dir}/run_info.json has no recorded config (not an ls-bench run, or "
                           f"one from a version before 0.1)")
     return {**flat_json(Config()), **config}
-
-
-def flat_json(cfg: Config) -> dict[str, Any]:
-    """The flat config with the types a JSON round trip gives, as run_info.json holds it."""
-    return json.loads(json.dumps(flat_config(cfg)))
 
 
 def finished(run_dir: Path) -> bool:
