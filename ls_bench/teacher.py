@@ -38,13 +38,20 @@ MUST_MATCH_WITHOUT_TEST_SPLIT = ("data.test_size",)
 NO_TEST_SPLIT = ("digits",)
 
 
-def recorded_config(run_dir: Path) -> dict[str, Any]:
-    """The flat config a run recorded when it started, keys added to the schema since then at
-    their defaults (as checkpoint.check_same_run reads them)."""
+def run_info(run_dir: Path) -> dict[str, Any]:
+    """The run's run_info.json ({} when it is missing or unreadable)."""
     try:
-        config = read_json(run_dir / "run_info.json").get("config")
+        info = read_json(run_dir / "run_info.json")
     except (OSError, json.JSONDecodeError):
-        config = None
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def recorded_config(run_dir: Path, info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The flat config a run recorded when it started (in `info`, its run_info.json, read here when
+    not given), keys added to the schema since then at their defaults (as checkpoint.check_same_run
+    reads them)."""
+    config = (run_info(run_dir) if info is None else info).get("config")
     if not isinstance(config, dict):
         raise ConfigError(f"loss.teacher: {run_dir}/run_info.json has no recorded config (not an ls-bench run, or "
                           f"one from a version before 0.1)")
@@ -132,12 +139,13 @@ def check_teacher(cfg: Config) -> Path:
     return run_dir
 
 
-def teacher_config(run_dir: Path) -> Config:
-    """The teacher's Config, rebuilt from its flat record (keys of other versions are an error)."""
+def teacher_config(run_dir: Path, info: dict[str, Any]) -> Config:
+    """The teacher's Config, rebuilt from the flat record in its run_info (keys of other versions
+    are an error)."""
     from omegaconf import OmegaConf
 
     nested: dict[str, Any] = {}
-    for key, value in recorded_config(run_dir).items():
+    for key, value in recorded_config(run_dir, info).items():
         node = nested
         *parents, leaf = key.split(".")
         for p in parents:
@@ -174,11 +182,11 @@ class Teacher:
         return self.infer(x).clone()  # out of inference mode: usable in the student's autograd graph
 
 
-def teacher_stats(run_dir: Path, tcfg: Config, cfg: Config) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The teacher's normalisation (its training split's channel mean and std): as its run_info.json
+def teacher_stats(info: dict[str, Any], tcfg: Config, cfg: Config) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The teacher's normalisation (its training split's channel mean and std): as its run_info
     recorded it, or, for runs that did not record it, recomputed from its training split (images
     only: label noise never changes them)."""
-    recorded = read_json(run_dir / "run_info.json").get("normalization")
+    recorded = info.get("normalization")
     if isinstance(recorded, dict):
         return tuple(recorded["mean"]), tuple(recorded["std"])
     from dataclasses import replace
@@ -192,12 +200,11 @@ def teacher_stats(run_dir: Path, tcfg: Config, cfg: Config) -> tuple[tuple[float
     return ds.mean, ds.std
 
 
-def rebuild_model(run_dir: Path, tcfg: Config, ds: "Dataset") -> nn.Module:
+def rebuild_model(run_dir: Path, info: dict[str, Any], tcfg: Config, ds: "Dataset") -> nn.Module:
     """The teacher's architecture with its last.pt weights (weights_only); one-line errors."""
     from ls_bench.checkpoint import CheckpointError, load_checkpoint
     from ls_bench.models import build_model
 
-    info = read_json(run_dir / "run_info.json")
     shape = info.get("image_shape")  # recorded since the rivals landed
     if shape is not None and list(shape) != list(ds.train.x.shape[1:]):
         raise ConfigError(f"loss.teacher={run_dir}: the teacher was trained on images of shape {list(shape)}, the "
@@ -218,18 +225,18 @@ def rebuild_model(run_dir: Path, tcfg: Config, ds: "Dataset") -> nn.Module:
     return model
 
 
-def load_teacher(cfg: Config, ds: "Dataset", norm: "Normalize", device: torch.device,
+def load_teacher(run_dir: Path, cfg: Config, ds: "Dataset", norm: "Normalize", device: torch.device,
                  amp: Callable[[], contextlib.AbstractContextManager]) -> Teacher:
-    """The checked teacher, rebuilt, on the device, in eval mode; its training-split logits cached
-    when the student neither augments nor mixes."""
+    """The teacher in run_dir (as check_teacher returned it), rebuilt, on the device, in eval mode;
+    its training-split logits cached when the student neither augments nor mixes."""
     from ls_bench.data import eval_batches
 
-    run_dir = check_teacher(cfg)
-    tcfg = teacher_config(run_dir)
-    model = rebuild_model(run_dir, tcfg, ds).to(device).eval().requires_grad_(False)
+    info = run_info(run_dir)
+    tcfg = teacher_config(run_dir, info)
+    model = rebuild_model(run_dir, info, tcfg, ds).to(device).eval().requires_grad_(False)
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    t_mean, t_std = teacher_stats(run_dir, tcfg, cfg)
+    t_mean, t_std = teacher_stats(info, tcfg, cfg)
     s_mean, s_std, t_mean, t_std = (torch.tensor(v, device=device).view(1, -1, 1, 1)
                                     for v in (ds.mean, ds.std, t_mean, t_std))
     # (x_raw/255 - m_t)/s_t = x_s · (s_s/s_t) + (m_s - m_t)/s_t, with x_s = (x_raw/255 - m_s)/s_s

@@ -42,7 +42,7 @@ from ls_bench.robustness import check_eval, check_eval_against_data, ood_results
 from ls_bench.evaluation import evaluate_split
 from ls_bench.seeds import derive_seed, run_seeds
 from ls_bench.signals import Interrupted, StopFlag, stop_on_signals
-from ls_bench.teacher import check_teacher, load_teacher, teacher_record
+from ls_bench.teacher import check_teacher, find_teacher, load_teacher, teacher_record
 
 __all__ = ["CheckpointError", "Interrupted", "RunFailed", "fit", "lr_factor", "predict", "train_one_epoch"]
 
@@ -211,7 +211,7 @@ def setup(cfg: Config) -> Run:
     ds = ds.to(device)
     norm = Normalize(ds.mean, ds.std, device, cfg.trainer.channels_last)
     mixer = make_mixer(cfg.mix.name, cfg.mix.alpha, cfg.mix.prob) if cfg.mix.name != "none" else None
-    teacher = (load_teacher(cfg, ds, norm, device, lambda: autocast(device, amp_dtype))
+    teacher = (load_teacher(find_teacher(cfg), cfg, ds, norm, device, lambda: autocast(device, amp_dtype))
                if cfg.loss.name == "distill" else None)
     criterion = make_criterion(cfg.loss, ds.num_classes, ds.class_counts(), mixer, teacher).to(device)
 

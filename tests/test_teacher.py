@@ -124,7 +124,7 @@ def test_a_teacher_of_another_architecture_is_rebuilt_from_its_own_config(teache
     fit(make_config(*FAST, "model=resnet20"), t_dir)
     run = setup(student(f"loss.teacher={t_dir}"))
     assert type(run.criterion.teacher.model).__name__ != type(run.model).__name__
-    t = load_teacher(run.cfg, run.ds, run.norm, run.device, run.amp)
+    t = load_teacher(t_dir, run.cfg, run.ds, run.norm, run.device, run.amp)
     with np.load(t_dir / "predictions.npz") as p:
         saved = torch.from_numpy(p["val_logits"])
     z = predict(t.model, run.ds.val, 256, run.norm, run.amp())
