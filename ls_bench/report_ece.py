@@ -24,19 +24,16 @@ if TYPE_CHECKING:
 TITLE = "ECE with its own error bar: seed-paired and test-sample-paired differences"
 
 
-def _confidences(run: "Run", temperature: float) -> tuple[Any, Any, Any] | None:
-    """(confidence, correct, labels) of the run's saved test predictions at `temperature`."""
+def _test_predictions(run: "Run") -> tuple[Any, Any] | None:
+    """(test logits, test labels) the run saved in predictions.npz, or None without the file."""
     import numpy as np
     import torch
-
-    from ls_bench.metrics import confidence_correct
 
     path = run.dir / "predictions.npz"
     if not path.exists():
         return None
     with np.load(path, allow_pickle=False) as f:
-        z, y = torch.from_numpy(f["test_logits"]), torch.from_numpy(f["test_labels"]).long()
-    return (*confidence_correct(z / temperature, y), y)
+        return torch.from_numpy(f["test_logits"]), torch.from_numpy(f["test_labels"]).long()
 
 
 def pair_intervals(run: "Run", base: "Run") -> dict[str, dict[str, float]]:
@@ -47,17 +44,21 @@ def pair_intervals(run: "Run", base: "Run") -> dict[str, dict[str, float]]:
     import torch
 
     from ls_bench.evaluation import paired_bootstrap_ece_diff
+    from ls_bench.metrics import confidence_correct
 
     resamples = int(run.config.get("eval.bootstrap", 1000))
+    a, b = _test_predictions(run), _test_predictions(base)
+    if resamples <= 0 or a is None or b is None or not torch.equal(a[1], b[1]):
+        return {}
     out: dict[str, dict[str, float]] = {}
     for key, metric, t_run, t_base in (("ece", "test/ece", 1.0, 1.0),
                                        ("ts_ece", "test_ts/ece", run.value("temperature"), base.value("temperature"))):
-        a, b = _confidences(run, t_run or 1.0), _confidences(base, t_base or 1.0)
         point_a, point_b = run.value(metric), base.value(metric)
-        if resamples <= 0 or None in (t_run, t_base, a, b, point_a, point_b) or not torch.equal(a[2], b[2]):
+        if None in (t_run, t_base, point_a, point_b):
             continue
         out[key] = {"point": point_a - point_b, **paired_bootstrap_ece_diff(
-            a[0], a[1], b[0], b[1], n_bins=int(run.config.get("metrics.n_bins", 15)), n_resamples=resamples,
+            *confidence_correct(a[0] / t_run, a[1]), *confidence_correct(b[0] / t_base, b[1]),
+            n_bins=int(run.config.get("metrics.n_bins", 15)), n_resamples=resamples,
             seed=int(run.config.get("data.split_seed", 0)))}
     return out
 
