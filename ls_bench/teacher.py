@@ -162,13 +162,16 @@ def teacher_config(run_dir: Path, info: dict[str, Any]) -> Config:
 class Teacher:
     """`teacher(x, idx) -> logits [B, K]` on the student's normalised input x. x·scale + shift turns
     the student's normalisation into the teacher's; `cache` holds the logits of the whole training
-    split (no augmentation, no mixing), indexed by idx, the samples' positions in it."""
+    split (no augmentation, no mixing), indexed by idx, the samples' positions in it. `info` and
+    `numbers` are what the student records of it (teacher_record), read once at set-up."""
 
     model: nn.Module
     scale: Tensor  # [1, C, 1, 1]
     shift: Tensor
     amp: Callable[[], contextlib.AbstractContextManager]  # the student's autocast
     run_dir: Path
+    info: dict[str, Any]  # for the student's run_info.json: {dir, loss, epsilon, ...}
+    numbers: dict[str, float]  # for the student's final.json: {teacher/epsilon, teacher/test_acc, ...}
     cache: Tensor | None = None
 
     @torch.inference_mode()
@@ -240,16 +243,17 @@ def load_teacher(run_dir: Path, cfg: Config, ds: "Dataset", norm: "Normalize", d
     s_mean, s_std, t_mean, t_std = (torch.tensor(v, device=device).view(1, -1, 1, 1)
                                     for v in (ds.mean, ds.std, t_mean, t_std))
     # (x_raw/255 - m_t)/s_t = x_s · (s_s/s_t) + (m_s - m_t)/s_t, with x_s = (x_raw/255 - m_s)/s_s
-    teacher = Teacher(model, s_std / t_std, (s_mean - t_mean) / t_std, amp, run_dir)
+    teacher = Teacher(model, s_std / t_std, (s_mean - t_mean) / t_std, amp, run_dir, *teacher_record(run_dir, info))
     if not ds.augment and cfg.mix.name == "none":
         batches = eval_batches(ds.train, cfg.trainer.eval_batch_size, norm)
         teacher.cache = torch.cat([teacher.infer(x) for x, _ in batches]).clone()
     return teacher
 
 
-def teacher_record(run_dir: Path) -> tuple[dict[str, Any], dict[str, float]]:
-    """({dir, loss, ...} for run_info.json, {teacher/epsilon, teacher/test_acc, ...} for final.json)."""
-    config, final = recorded_config(run_dir), read_json(run_dir / "final.json")
+def teacher_record(run_dir: Path, info: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
+    """({dir, loss, ...} for run_info.json, {teacher/epsilon, teacher/test_acc, ...} for final.json),
+    from the teacher's run_info (`info`) and its final.json."""
+    config, final = recorded_config(run_dir, info), read_json(run_dir / "final.json")
     info = {"dir": str(run_dir.resolve()), "loss": config.get("loss.name"), "epsilon": config.get("loss.epsilon"),
             "model": config.get("model.name"), "seed": config.get("seed"), "mix": config.get("mix.name", "none")}
     numbers = {"teacher/epsilon": float(config.get("loss.epsilon", 0.0))}

@@ -42,7 +42,7 @@ from ls_bench.robustness import check_eval, check_eval_against_data, ood_results
 from ls_bench.evaluation import evaluate_split
 from ls_bench.seeds import derive_seed, run_seeds
 from ls_bench.signals import Interrupted, StopFlag, stop_on_signals
-from ls_bench.teacher import check_teacher, find_teacher, load_teacher, teacher_record
+from ls_bench.teacher import check_teacher, find_teacher, load_teacher
 
 __all__ = ["CheckpointError", "Interrupted", "RunFailed", "fit", "lr_factor", "predict", "train_one_epoch"]
 
@@ -270,7 +270,7 @@ def run_info(run: Run, config: dict[str, Any]) -> dict[str, Any]:
         "label_noise": {"rate_requested": cfg.data.label_noise.rate, "flipped": len(ds.noisy_idx),
                         "rate_realised": len(ds.noisy_idx) / len(ds.train)},
         "normalization": {"mean": list(ds.mean), "std": list(ds.std)},
-        **({"teacher": teacher_record(teacher.run_dir)[0]} if (teacher := run.criterion.teacher) is not None else {}),
+        **({"teacher": teacher.info} if (teacher := run.criterion.teacher) is not None else {}),
     }
 
 
@@ -478,7 +478,7 @@ def finish(run: Run, history: list[dict[str, Any]], logger: RunLogger, run_dir: 
     if len(ds.noisy_idx):
         final.update(memorisation(run))
     if run.criterion.teacher is not None:
-        final.update(teacher_record(run.criterion.teacher.run_dir)[1])
+        final.update(run.criterion.teacher.numbers)
     final["epochs"] = len(history)
     final["metric_settings"] = {"n_bins": cfg.metrics.n_bins, "top_k": run.top_k, "softmax": "float64",
                                 "binning": "equal-width ((m-1)/M, m/M], 0 in the first bin, 1 in the last",
