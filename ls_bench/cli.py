@@ -11,7 +11,7 @@ import socket
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Sequence
 
 import hydra
 from hydra.core.config_store import ConfigStore
@@ -54,6 +54,15 @@ def to_config(cfg: DictConfig) -> Config:
     check_names(config)
     validate(config)
     return config
+
+
+def compose_config(overrides: Sequence[str] = ()) -> Config:
+    """The typed, validated Config exactly as `ls-bench <overrides>` builds it, without running
+    anything (for tests, benchmarks and scripts)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return to_config(compose(config_name="config", overrides=list(overrides)))
 
 
 def _configure_threads() -> None:

@@ -29,24 +29,6 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data" / "cifar10-jpeg"
 
 
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from ls_bench.cli import CONFIG_DIR, to_config
-
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return to_config(hydra_compose(config_name="config", overrides=overrides))
-
-
-def cpu_flags() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    return ", ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in text) or "none of avx2/avx512"
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="resnet20")
@@ -57,7 +39,9 @@ def main() -> None:
 
     import torch
 
+    from ls_bench.cli import compose_config
     from ls_bench.data import train_batches
+    from ls_bench.machine import cpu_features
     from ls_bench.train import fit, setup, train_one_epoch
 
     bs = 128
@@ -67,11 +51,11 @@ def main() -> None:
     common = [*data, f"model={args.model}", "trainer.progress=false", f"trainer.batch_size={bs}",
               "metrics.figures=false", "eval.bootstrap=0"]
     tmp = Path(tempfile.mkdtemp(prefix="bench_rivals_"))
-    print(f"CPU flags: {cpu_flags()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+    print(f"CPU: {cpu_features()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"{args.model}, batch {bs}, {args.steps} steps x {args.rounds} rounds", flush=True)
     teacher = tmp / "teacher"
     t0 = time.perf_counter()
-    fit(compose([*data, "model=resnet20", "trainer.progress=false", "trainer.epochs=1", "metrics.figures=false",
+    fit(compose_config([*data, "model=resnet20", "trainer.progress=false", "trainer.epochs=1", "metrics.figures=false",
                  "eval.bootstrap=0", f"trainer.batch_size={bs}"]), teacher)
     print(f"teacher (resnet20, 1 epoch on {n} images): {time.perf_counter() - t0:.0f} s", flush=True)
 
@@ -85,7 +69,7 @@ def main() -> None:
         "distill cached, no augment": ["loss=distill", f"loss.teacher={teacher}", "data.augment=false"],
         "label smoothing, no augment": ["loss.epsilon=0.1", "data.augment=false"],
     }
-    runs = {name: setup(compose([*common, *o])) for name, o in variants.items()}
+    runs = {name: setup(compose_config([*common, *o])) for name, o in variants.items()}
     times: dict[str, list[float]] = {name: [] for name in runs}
     for r in range(args.rounds):
         for name, run in runs.items():

@@ -93,23 +93,14 @@ class ApiChanged(RuntimeError):
     """ls-bench's functions no longer look the way this script calls them."""
 
 
-def compose(overrides: list[str]):
-    """The typed, validated Config exactly as `ls-bench <overrides>` builds it (tests/conftest.py)."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    from ls_bench.cli import CONFIG_DIR, to_config
-
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return to_config(hydra_compose(config_name="config", overrides=overrides))
-
-
 def child_train(overrides: list[str], run_dir: Path) -> dict:
     """fit() into run_dir; the last epoch's img/s, test accuracy, precision and peak memory."""
     import torch
 
+    from ls_bench.cli import compose_config
     from ls_bench.train import fit
 
-    cfg = compose(overrides)
+    cfg = compose_config(overrides)
     shutil.rmtree(run_dir, ignore_errors=True)  # fit() would skip a finished run directory
     t = time.perf_counter()
     final = fit(cfg, run_dir)
@@ -149,6 +140,8 @@ def child_syncs(overrides: list[str]) -> dict:
 
     import torch
 
+    from ls_bench.cli import compose_config
+
     try:
         import ls_bench.data as data
         import ls_bench.train as train
@@ -156,7 +149,7 @@ def child_syncs(overrides: list[str]) -> dict:
         setup, train_one_epoch, train_batches = train.setup, train.train_one_epoch, data.train_batches
     except (ImportError, AttributeError) as e:
         raise ApiChanged(f"{e}") from None
-    cfg = compose(overrides)
+    cfg = compose_config(overrides)
     cuda = cfg.trainer.device != "cpu" and torch.cuda.is_available()
     # On the CPU nothing is counted: a short second window only runs the same code path.
     every = getattr(train, "NAN_CHECK_EVERY", 20) if cuda else 2

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from ls_bench.cli import CONFIG_DIR, to_config
+from ls_bench.cli import compose_config
 from ls_bench.config import Config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,8 +22,7 @@ TINY = ["trainer.epochs=1", "trainer.progress=false", "trainer.batch_size=64"]
 
 def make_config(*overrides: str) -> Config:
     """The typed, validated Config exactly as `ls-bench <overrides>` would build it."""
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return to_config(compose(config_name="config", overrides=list(overrides)))
+    return compose_config(overrides)
 
 
 def run_cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None,
