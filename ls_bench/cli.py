@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ls_bench.config import Config, validate
 from ls_bench.errors import ConfigError, RunFailed, bad, first_line
+from ls_bench.signals import ctrl_c_raises
 
 ConfigStore.instance().store(name="ls_bench_schema", node=Config)
 
@@ -247,6 +248,7 @@ def main() -> None:
     if "--debug" in sys.argv:  # full Python tracebacks for every error
         sys.argv.remove("--debug")
         os.environ["HYDRA_FULL_ERROR"] = "1"
+    ctrl_c_raises()
     interrupted = False
     try:
         _run()  # a sweep with a failed job ends in SystemExit(1): still reported

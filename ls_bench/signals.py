@@ -38,6 +38,24 @@ class StopFlag:
             raise Interrupted(cls.signum, when)
 
 
+class CtrlC(KeyboardInterrupt):
+    """What Ctrl-C raises outside a run's training loop (ctrl_c_raises). A subclass on purpose:
+    when a plain KeyboardInterrupt passes through an `exec` of a string (dataclasses does that for
+    every class it builds, many times while torch imports), CPython 3.11 marks it unhandled by its
+    exact type, and `python -m ls_bench.cli` then dies by SIGINT (status -2 to a parent process)
+    even though main() caught it and exits with 130; a subclass does not match that check."""
+
+
+def raise_ctrl_c(signum: int, frame: Any) -> None:
+    raise CtrlC
+
+
+def ctrl_c_raises() -> None:
+    """SIGINT raises CtrlC (a KeyboardInterrupt) from now on; main thread only."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, raise_ctrl_c)
+
+
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[None]:
     """Install SIGTERM/SIGINT handlers for the duration of a run (main thread only)."""
