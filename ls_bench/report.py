@@ -142,7 +142,7 @@ def choose_metrics(runs: Sequence[Run], wanted: Sequence[str] | None) -> list[st
 
 
 def report(sweep_dir: Path, plots: bool = True, out: Any = sys.stdout, metrics: Sequence[str] | None = None,
-           out_dir: Path | None = None, baseline: str = f"{EPS}=0") -> list[Group]:
+           out_dir: Path | None = None, baseline: str | Sequence[str] = f"{EPS}=0") -> list[Group]:
     """Read, aggregate, print, and write summary.csv, summary.md and the plots into out_dir
     (default: sweep_dir). `metrics`: the final.json keys of the tables and plots (default:
     METRICS, as present)."""
@@ -215,16 +215,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--metrics", type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
                         help="comma-separated final.json keys for the tables and the metrics plot, e.g. "
                              "test/acc,test/ece,test/conf,train/loss (default: " + ",".join(METRICS) + ")")
-    parser.add_argument("--baseline", default=f"{EPS}=0", metavar="KEY=VALUE",
+    parser.add_argument("--baseline", action="append", metavar="KEY=VALUE",
                         help="pair every run with the run of the same seed that differs only in KEY and has KEY=VALUE "
-                             "(default: loss.epsilon=0; e.g. mix=none, loss=label_smoothing, loss.kd_temperature=1)")
+                             "(default: loss.epsilon=0; e.g. mix=none, loss=label_smoothing, loss.kd_temperature=1); "
+                             "repeat it for a baseline that differs in several keys: --baseline mix=none "
+                             "--baseline loss.epsilon=0.1")
     parser.add_argument("--out", type=Path, help="write summary.csv, summary.md and the plots here instead of "
                                                  "into SWEEP_DIR (created if needed)")
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         parser.exit(2, f"ls-bench-report: error: {args.sweep_dir} is not a directory\n")
     try:
-        report(args.sweep_dir, plots=not args.no_plots, metrics=args.metrics, out_dir=args.out, baseline=args.baseline)
+        report(args.sweep_dir, plots=not args.no_plots, metrics=args.metrics, out_dir=args.out,
+               baseline=args.baseline or f"{EPS}=0")
     except (FileNotFoundError, ValueError) as e:
         parser.exit(2, f"ls-bench-report: error: {e}\n")
     except BrokenPipeError:  # `| head` closed stdout; the files were written before printing

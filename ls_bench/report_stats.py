@@ -3,10 +3,10 @@
 Runs are grouped by their whole resolved config except the seeds (`seed`, `seeds.*`) and the keys
 in NOT_COMPUTED, so a group is "one setting, several seeds". Per group and metric: mean, sample std
 and the 95% confidence half-width t(0.975, n-1)·s/√n (Student t). Every group is also compared with
-its baseline (`--baseline KEY=VALUE`, default `loss.epsilon=0`): the run that differs from it only in
-KEY and has KEY = VALUE, on the same seed (so the same initial weights and batches), is subtracted
-seed by seed, and the mean ± 95% CI of those differences is reported; pairing removes the
-seed-to-seed variance that both runs share.
+its baseline (`--baseline KEY=VALUE`, default `loss.epsilon=0`; repeated, a baseline of several
+keys): the run that differs from it only in KEY and has KEY = VALUE, on the same seed (so the same
+initial weights and batches), is subtracted seed by seed, and the mean ± 95% CI of those
+differences is reported; pairing removes the seed-to-seed variance that both runs share.
 """
 
 from __future__ import annotations
@@ -65,33 +65,53 @@ def summarize(values: Sequence[float]) -> Stats:
 
 @dataclass(frozen=True)
 class Baseline:
-    """What the paired differences are taken against: the run with `key` = `value`."""
+    """What the paired differences are taken against: the run with `key` = `value` (and, for a
+    baseline that differs in more than one key, each of `also`'s keys = its value)."""
 
     key: str = EPS
     value: Any = 0
+    also: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def pairs(self) -> tuple[tuple[str, Any], ...]:
+        return ((self.key, self.value), *self.also)
+
+    @property
+    def keys(self) -> list[str]:
+        return [k for k, _ in self.pairs]
 
     @property
     def label(self) -> str:
-        return "ε = 0" if (self.key, canonical(self.value)) == (EPS, canonical(0)) else f"{self.key}={_label(self.value)}"
+        if not self.also and (self.key, canonical(self.value)) == (EPS, canonical(0)):
+            return "ε = 0"
+        return ", ".join(f"{k}={_label(v)}" for k, v in self.pairs)
 
     def matches(self, config: dict[str, Any]) -> bool:
-        return self.key in config and canonical(config[self.key]) == canonical(self.value)
+        return all(k in config and canonical(config[k]) == canonical(v) for k, v in self.pairs)
 
 
-def parse_baseline(text: str, runs: Sequence["Run"]) -> Baseline:
-    """`KEY=VALUE` (VALUE in YAML: 0, 0.1, none, [1,2]); a config group may be named for its `.name`
-    key (`mix=none` is `mix.name=none`). A KEY no run has is an error naming the keys that vary."""
-    key, sep, value = text.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ValueError(f"--baseline {text!r}: expected KEY=VALUE, e.g. loss.epsilon=0 or loss=label_smoothing")
-    keys = {k for r in runs for k in r.config}
-    if key not in keys and f"{key}.name" in keys:
-        key = f"{key}.name"
-    if key not in keys:
-        raise ValueError(f"--baseline: {key!r} is not a config key of these runs; keys that vary: "
-                         f"{', '.join(varying_keys(runs)) or 'none'}")
-    return Baseline(key, yaml.safe_load(value))
+def parse_baseline(text: str | Sequence[str], runs: Sequence["Run"]) -> Baseline:
+    """`KEY=VALUE` (VALUE in YAML: 0, 0.1, none, [1,2]), or several of them (each its own
+    --baseline) for a baseline that differs in several keys; a config group may be named for its
+    `.name` key (`mix=none` is `mix.name=none`). A KEY no run has is an error naming the keys that
+    vary; a KEY given twice is an error."""
+    known = {k for r in runs for k in r.config}
+    pairs: dict[str, Any] = {}
+    for item in [text] if isinstance(text, str) else text:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--baseline {item!r}: expected KEY=VALUE, e.g. loss.epsilon=0 or loss=label_smoothing")
+        if key not in known and f"{key}.name" in known:
+            key = f"{key}.name"
+        if key not in known:
+            raise ValueError(f"--baseline: {key!r} is not a config key of these runs; keys that vary: "
+                             f"{', '.join(varying_keys(runs)) or 'none'}")
+        if key in pairs:
+            raise ValueError(f"--baseline: {key!r} is given twice")
+        pairs[key] = yaml.safe_load(value)
+    (key, value), *also = pairs.items()
+    return Baseline(key, value, tuple(also))
 
 
 @dataclass
@@ -128,14 +148,14 @@ def _sort_key(values: Iterable[Any]) -> tuple:
 
 
 def baseline_partners(runs: Sequence[Run], baseline: Baseline) -> Callable[[Run], Run | None]:
-    """run -> its baseline run: the finished run of the same setting and seeds with KEY = VALUE."""
-    base = {setting_key(r.config, [baseline.key]): r for r in runs if r.status == "done" and baseline.matches(r.config)}
-    return lambda r: base.get(setting_key(r.config, [baseline.key]))
+    """run -> its baseline run: the finished run of the same setting and seeds with each KEY = VALUE."""
+    base = {setting_key(r.config, baseline.keys): r for r in runs if r.status == "done" and baseline.matches(r.config)}
+    return lambda r: base.get(setting_key(r.config, baseline.keys))
 
 
 def build_groups(runs: Sequence[Run], metrics: Sequence[str],
                  baseline: Baseline = Baseline()) -> tuple[list[Group], list[str]]:
-    keys = varying_keys(runs, always=(baseline.key, EPS))
+    keys = varying_keys(runs, always=(*baseline.keys, EPS))
     seeds = {k for r in runs for k in r.config if is_seed_key(k)}
     by_setting: dict[tuple, Group] = {}
     for r in runs:

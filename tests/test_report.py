@@ -208,6 +208,44 @@ def test_baseline_pairs_on_any_key_by_seed() -> None:
         parse_baseline("mix", runs)
 
 
+def test_a_baseline_of_two_keys_pairs_each_setting_with_that_one_run_by_seed() -> None:
+    """--baseline mix=none --baseline loss.epsilon=0.1 (mixup alone against LS alone): every run is
+    paired with the (none, 0.1) run of its seed, whatever its own mix and ε."""
+    accs = {("none", 0, 0): 0.80, ("none", 0, 1): 0.70, ("mixup", 0, 0): 0.83, ("mixup", 0, 1): 0.74,
+            ("none", 0.1, 0): 0.90, ("none", 0.1, 1): 0.60, ("mixup", 0.1, 0): 0.85}
+    runs = [_run(eps, seed, acc=acc, **{"mix.name": mix}) for (mix, eps, seed), acc in accs.items()]
+    base = parse_baseline(["mix=none", "loss.epsilon=0.1"], runs)
+    assert base.keys == ["mix.name", EPS] and base.label == "mix.name=none, loss.epsilon=0.1"
+    groups, keys = build_groups(runs, ["test/acc"], base)
+    assert keys == ["mix.name", EPS]
+    by = {(g.labels["mix.name"], g.labels[EPS]): g for g in groups}
+    d = by[("mixup", 0)].diffs["test/acc"]
+    assert (d.n, d.mean) == (2, pytest.approx(((0.83 - 0.90) + (0.74 - 0.60)) / 2))
+    assert by[("none", 0)].diffs["test/acc"].mean == pytest.approx(((0.80 - 0.90) + (0.70 - 0.60)) / 2)
+    assert by[("mixup", 0.1)].diffs["test/acc"].n == 1  # seed 1 of (mixup, 0.1) did not run
+    assert by[("none", 0.1)].diffs == {}  # the baseline itself
+    with pytest.raises(ValueError, match="'mix.name' is given twice"):
+        parse_baseline(["mix=none", "mix.name=mixup"], runs)
+
+
+def test_the_report_command_takes_baseline_more_than_once(sweep: Path, tmp_path: Path) -> None:
+    """ls-bench-report --baseline KEY=VALUE --baseline KEY2=VALUE2: one baseline of both keys."""
+    model = yaml.safe_load((next(sweep.glob("*/.hydra/config.yaml"))).read_text())["model"]["name"]
+    r = subprocess.run([sys.executable, "-m", "ls_bench.report", str(sweep), "--no-plots", "--out", str(tmp_path),
+                        "--baseline", "loss.epsilon=0.1", "--baseline", f"model={model}"],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr
+    acc = {}
+    for job in sweep.glob("*/final.json"):
+        cfg = yaml.safe_load((job.parent / ".hydra" / "config.yaml").read_text())
+        acc[(cfg["loss"]["epsilon"], cfg["seed"])] = json.loads(job.read_text())["test/acc"]
+    want = np.mean([acc[(0, s)] - acc[(0.1, s)] for s in (0, 1)])
+    rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
+    assert float(next(row for row in rows if float(row[EPS]) == 0)["test/acc diff"]) == pytest.approx(want)
+    assert f"Paired difference to loss.epsilon=0.1, model.name={model} on the same seed" in \
+        (tmp_path / "summary.md").read_text()
+
+
 def test_expected_jobs_counts_comma_lists_outside_brackets_and_quotes(tmp_path: Path) -> None:
     task = ["loss.epsilon=0,0.1,0.2", "data.classes=[0,1],[2,3]", "model=resnet20", "+tag='a,b',c"]
     (tmp_path / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {"task": task}}}))
