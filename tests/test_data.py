@@ -19,8 +19,10 @@ from scipy.stats import binomtest, chisquare
 from torchvision.transforms.v2 import functional as TF
 
 from ls_bench.config import DataConfig
-from ls_bench.data import (Normalize, Split, _list_images, channel_stats, eval_batches, load_dataset,
-                           random_crop_flip, stratified_split, train_batches)
+from ls_bench.data import load_dataset
+from ls_bench.data.loader import Normalize, Split, channel_stats, eval_batches, random_crop_flip, train_batches
+from ls_bench.data.readers import _list_images
+from ls_bench.data.splits import stratified_split
 
 PAD = 4
 # torchvision 0.29 deprecates its image decoders (in favour of TorchCodec) with a warning per call.
@@ -233,7 +235,8 @@ def test_cache_hit_stale_and_corrupt_entries(small_cifar: Path, tmp_path: Path):
     assert test_entry not in entries
     pos = [i for i, (p, _) in enumerate(_list_images(small_cifar / "test")[0]) if p == str(victim)][0]
     assert not torch.equal(changed.test.x[pos], first.test.x[pos])
-    assert torch.equal(changed.test.x[pos], torch.from_numpy(np.array(Image.open(victim).convert("RGB"))).permute(2, 0, 1))
+    decoded = torch.from_numpy(np.array(Image.open(victim).convert("RGB"))).permute(2, 0, 1)
+    assert torch.equal(changed.test.x[pos], decoded)
 
     # Corrupt: a flipped byte in the pixel payload, then a truncated file -> rebuilt, same pixels.
     path = cache / test_entry
@@ -304,7 +307,7 @@ def test_a_fraction_too_big_for_the_data_names_what_it_resolved_to() -> None:
 def test_epoch_draws_made_up_front_give_the_batches_of_per_batch_draws() -> None:
     """train_batches draws the epoch's crops and flips at its start (one copy to the device);
     the batches equal those of drawing them batch by batch from the same generator."""
-    from ls_bench.data import random_crop_flip
+    from ls_bench.data.loader import random_crop_flip
 
     x = torch.randint(0, 256, (300, 3, 8, 8), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
     split = Split(x, torch.arange(300) % 10)

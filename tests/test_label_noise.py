@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from ls_bench.config import DataConfig, LabelNoiseConfig
+from ls_bench.data import load_dataset
+from ls_bench.data.loader import Split
+from ls_bench.data.splits import CIFAR10_ASYM, corrupt_labels, select_classes
 from ls_bench.errors import ConfigError
-from ls_bench.data import CIFAR10_ASYM, Split, _select_classes, corrupt_labels, load_dataset
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -59,10 +61,10 @@ def test_noise_is_fixed_by_its_seed_and_nested_in_the_rate() -> None:
 
 def test_select_classes_relabels_by_position() -> None:
     s = Split(torch.arange(6, dtype=torch.uint8).view(6, 1, 1, 1), torch.tensor([0, 5, 3, 3, 1, 5]))
-    out = _select_classes(s, [5, 3])
+    out = select_classes(s, [5, 3])
     assert out.y.tolist() == [0, 1, 1, 0] and out.x.flatten().tolist() == [1, 2, 3, 5]
     # a split that lacks the highest kept class (a small test set) still works
-    assert _select_classes(Split(s.x[:1], s.y[:1]), [0, 9]).y.tolist() == [0]
+    assert select_classes(Split(s.x[:1], s.y[:1]), [0, 9]).y.tolist() == [0]
 
 
 def _digits(**noise) -> DataConfig:

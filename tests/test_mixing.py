@@ -11,8 +11,8 @@ import pytest
 import torch
 from scipy import stats
 
+from ls_bench.data.mixing import DEFAULT_PROB, Mixer, check_mix, dominant, make_mixer, rand_bbox, sample_lambda
 from ls_bench.errors import ConfigError
-from ls_bench.mixing import DEFAULT_PROB, Mixer, check_mix, dominant, make_mixer, rand_bbox, sample_lambda
 
 
 def soft_targets(y: torch.Tensor, K: int, eps: float = 0.1) -> torch.Tensor:
@@ -69,8 +69,8 @@ def test_mixup_equals_the_per_sample_formula():
     for i in range(len(x)):
         j = int(m.perm[i])
         torch.testing.assert_close(m.x[i], m.lam * x[i] + (1 - m.lam) * x[j], rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(m.t[i], m.lam * t[i] + (1 - m.lam) * t[j], rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(m.t.sum(1), torch.ones(len(x)))
+        torch.testing.assert_close(m.p[i], m.lam * t[i] + (1 - m.lam) * t[j], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(m.p.sum(1), torch.ones(len(x)))
     assert torch.equal(dominant(y, m.lam, m.perm), y if m.lam >= 0.5 else y[m.perm])
 
 
@@ -134,8 +134,8 @@ def test_cutmix_pastes_a_box_of_area_exactly_1_minus_lambda():
             assert torch.equal(m.x, torch.where(box, x[m.perm], x))  # x_i outside the box, x_j inside
             assert box_mask(m.x, B, H, W)[movers].sum() == area * int(movers.sum())  # pixels from x_j
             at_border += bool(rows[0] or rows[-1] or cols[0] or cols[-1])
-        torch.testing.assert_close(m.t, m.lam * t + (1 - m.lam) * t[m.perm])
-        torch.testing.assert_close(m.t.sum(1), torch.ones(B))
+        torch.testing.assert_close(m.p, m.lam * t + (1 - m.lam) * t[m.perm])
+        torch.testing.assert_close(m.p.sum(1), torch.ones(B))
     assert at_border > 10  # boxes clipped by the image border were exercised
 
 
@@ -156,7 +156,7 @@ def test_cutmix_matches_the_authors_procedure():
         assert np.array_equal(m.x.numpy(), inp)
         assert torch.equal(m.perm, perm)
         tn = t.numpy()
-        np.testing.assert_allclose(m.t.numpy(), lam * tn + (1 - lam) * tn[perm.numpy()], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(m.p.numpy(), lam * tn + (1 - lam) * tn[perm.numpy()], rtol=1e-6, atol=1e-7)
 
 
 def test_rand_bbox_equals_the_authors_for_any_lambda_and_centre():
@@ -187,7 +187,7 @@ def test_cutmix_prob_0_never_1_always_and_the_input_is_not_modified():
     g = torch.Generator().manual_seed(0)
     for _ in range(50):
         m = Mixer("cutmix", 1.0, 0.0)(x, t, g)
-        assert m.x is x and m.t is t and m.lam == 1.0 and torch.equal(m.perm, torch.arange(4))
+        assert m.x is x and m.p is t and m.lam == 1.0 and torch.equal(m.perm, torch.arange(4))
     assert sum(Mixer("cutmix", 1.0, 1.0)(x, t, g).lam < 1 for _ in range(50)) >= 45
     assert torch.equal(x, x0)  # the authors paste in place; here the caller's batch is left alone
 
@@ -203,7 +203,7 @@ def test_same_seed_same_output_different_seed_different(name):
         g = torch.Generator().manual_seed(seed)
         runs.append([make_mixer(name, 1.0, 1.0)(x, t, g) for _ in range(5)])
     for a, b in zip(runs[0], runs[1]):
-        assert torch.equal(a.x, b.x) and torch.equal(a.t, b.t) and a.lam == b.lam and torch.equal(a.perm, b.perm)
+        assert torch.equal(a.x, b.x) and torch.equal(a.p, b.p) and a.lam == b.lam and torch.equal(a.perm, b.perm)
     assert any(a.lam != c.lam for a, c in zip(runs[0], runs[2]))
 
 
@@ -227,7 +227,7 @@ def test_none_returns_the_inputs_and_draws_nothing():
     g = torch.Generator().manual_seed(4)
     state = g.get_state()
     m = make_mixer("none", 1.0, None)(x, t, g)
-    assert m.x is x and m.t is t and m.lam == 1.0 and torch.equal(m.perm, torch.arange(len(x)))
+    assert m.x is x and m.p is t and m.lam == 1.0 and torch.equal(m.perm, torch.arange(len(x)))
     assert torch.equal(g.get_state(), state)
     assert torch.equal(dominant(y, m.lam, m.perm), y)
 
@@ -350,7 +350,7 @@ def test_a_mixed_run_sees_the_unmixed_runs_batches_and_weights_and_evaluates_unm
     import numpy as np
 
     from conftest import TINY, make_config
-    from ls_bench.metrics import compute_metrics
+    from ls_bench.evaluate.metrics import compute_metrics
     from ls_bench.train import fit
 
     fast = [*TINY, "trainer.epochs=2", "metrics.figures=false", "eval.bootstrap=0"]
@@ -405,8 +405,9 @@ def test_training_accuracy_under_mixing_counts_the_dominant_label() -> None:
     """A model that always predicts class 0 is right on exactly the batches' dominant labels equal to
     0: y_i where λ ≥ 1/2, y_perm(i) where λ < 1/2 (replayed here with the same draws)."""
     from conftest import TINY, make_config
-    from ls_bench.data import train_batches
-    from ls_bench.train import setup, train_one_epoch
+    from ls_bench.data.loader import train_batches
+    from ls_bench.run import setup
+    from ls_bench.train import train_one_epoch
 
     run = setup(make_config(*TINY, "mix=mixup"))
     always0 = torch.nn.Linear(1, 10)

@@ -6,10 +6,10 @@ Both pair sample i with sample j = perm(i) of the same batch and draw one λ ~ B
     CutMix  x̃ = x_i with a box of area ≈ (1-λ)·H·W pasted from x_j; λ is then recomputed from the
             box clipped to the image, λ = 1 - box_area / (H·W)       (Yun et al., ICCV 2019;
             clovaai/CutMix-PyTorch, train.py `rand_bbox` and the training loop)
-    targets t̃ = λ·t_i + (1-λ)·t_j, with t [B, K] whatever soft target the loss built (one-hot or
-            label-smoothed p'). With one-hot t, -Σ_k t̃_k log q_k = λ·CE(y_i) + (1-λ)·CE(y_j): the
+    targets p̃ = λ·p_i + (1-λ)·p_j, with p [B, K] whatever soft target the loss built (one-hot or
+            label-smoothed p'). With one-hot p, -Σ_k p̃_k log q_k = λ·CE(y_i) + (1-λ)·CE(y_j): the
             authors' `mixup_criterion`, by linearity of the soft cross-entropy in its target.
-A mixer returns `Mixed(x, t, lam, perm)`; the training loop's accuracy is against the dominant
+A mixer returns `Mixed(x, p, lam, perm)`; the training loop's accuracy is against the dominant
 label, `dominant(y, lam, perm)` = y_i if λ ≥ 1/2 else y_j. An unmixed batch is lam = 1 and the
 identity perm, so the same code serves every batch.
 
@@ -37,7 +37,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 from torch import Tensor
 
-from ls_bench.errors import bad  # the same function ls_bench.config re-exports
+from ls_bench.errors import invalid
 
 # Probability that a batch is mixed when mix.prob is null: each method's published CIFAR setting.
 # mixup mixes every batch (mixup-cifar10); CutMix 0.5 (clovaai/CutMix-PyTorch, issue #30).
@@ -46,7 +46,7 @@ DEFAULT_PROB = {"none": 0.0, "mixup": 1.0, "cutmix": 0.5}
 
 class Mixed(NamedTuple):
     x: Tensor  # [B, C, H, W], same device, dtype and memory format as the input
-    t: Tensor  # [B, K] soft targets λ·t_i + (1-λ)·t_perm(i); rows still sum to 1
+    p: Tensor  # [B, K] soft targets λ·p_i + (1-λ)·p_perm(i); rows still sum to 1
     lam: float  # weight of sample i (1.0 for an unmixed batch)
     perm: Tensor  # [B] long on the device: the partner j of each i (identity when unmixed)
 
@@ -85,37 +85,37 @@ def _pairs(n: int, alpha: float, g: torch.Generator) -> tuple[float, float, Tens
     return r, lam, torch.randperm(n, generator=g)
 
 
-def no_mix(x: Tensor, t: Tensor, g: torch.Generator, alpha: float, prob: float) -> Mixed:
+def no_mix(x: Tensor, p: Tensor, g: torch.Generator, alpha: float, prob: float) -> Mixed:
     """The inputs themselves; consumes no random numbers."""
-    return Mixed(x, t, 1.0, torch.arange(len(x), device=x.device))
+    return Mixed(x, p, 1.0, torch.arange(len(x), device=x.device))
 
 
-def mixup(x: Tensor, t: Tensor, g: torch.Generator, alpha: float, prob: float) -> Mixed:
+def mixup(x: Tensor, p: Tensor, g: torch.Generator, alpha: float, prob: float) -> Mixed:
     """x̃ = λ·x + (1-λ)·x[perm] with probability prob (mixup_data of mixup-cifar10 at prob = 1)."""
     r, lam, perm = _pairs(len(x), alpha, g)
     if r >= prob:
-        return no_mix(x, t, g, alpha, prob)
+        return no_mix(x, p, g, alpha, prob)
     perm = perm.to(x.device, non_blocking=True)
     # lerp(a, b, λ) = a + λ·(b - a): one fused pass instead of three (λ·x, (1-λ)·x_j, their sum),
     # equal to the authors' λ·x + (1-λ)·x[index] up to rounding. x[perm] keeps x's strides and lerp
     # follows them, so channels_last stays channels_last (index_select would not).
-    return Mixed(torch.lerp(x[perm], x, lam), torch.lerp(t[perm], t, lam), lam, perm)
+    return Mixed(torch.lerp(x[perm], x, lam), torch.lerp(p[perm], p, lam), lam, perm)
 
 
-def cutmix(x: Tensor, t: Tensor, g: torch.Generator, alpha: float, prob: float) -> Mixed:
+def cutmix(x: Tensor, p: Tensor, g: torch.Generator, alpha: float, prob: float) -> Mixed:
     """A box of x[perm] pasted into x with probability prob; λ recomputed from the clipped box."""
     r, lam, perm = _pairs(len(x), alpha, g)
     H, W = x.shape[-2:]
     cy = int(torch.randint(H, (), generator=g))
     cx = int(torch.randint(W, (), generator=g))
     if r >= prob:
-        return no_mix(x, t, g, alpha, prob)
+        return no_mix(x, p, g, alpha, prob)
     y1, y2, x1, x2 = rand_bbox(H, W, lam, cy, cx)
     lam = 1 - (y2 - y1) * (x2 - x1) / (H * W)  # the pixel ratio actually pasted, as the authors do
     perm = perm.to(x.device, non_blocking=True)
     out = x.clone()  # preserve_format: channels_last stays channels_last; the caller's x is untouched
     out[:, :, y1:y2, x1:x2] = x[perm, :, y1:y2, x1:x2]  # one gather of the box, not a per-sample loop
-    return Mixed(out, torch.lerp(t[perm], t, lam), lam, perm)
+    return Mixed(out, torch.lerp(p[perm], p, lam), lam, perm)
 
 
 MIXERS: dict[str, Callable[[Tensor, Tensor, torch.Generator, float, float], Mixed]] = {
@@ -138,15 +138,15 @@ def _number(value: Any) -> float | None:
 def check_mix(name: str, alpha: float, prob: float | None) -> None:
     """One-line ConfigErrors for mix.name, mix.alpha (finite, > 0) and mix.prob (null or in [0, 1])."""
     if not isinstance(name, str) or name not in MIXERS:
-        raise bad("mix.name", name, f"one of {list(MIXERS)}")
+        raise invalid("mix.name", name, f"one of {list(MIXERS)}")
     a = _number(alpha)
     if a is None or not math.isfinite(a) or a <= 0:
-        raise bad("mix.alpha", alpha, "a finite number > 0, the α of λ ~ Beta(α, α) "
-                                      "(for no mixing use mix.name=none)")
+        raise invalid("mix.alpha", alpha, "a finite number > 0, the α of λ ~ Beta(α, α) "
+                                          "(for no mixing use mix.name=none)")
     p = _number(prob)
     if prob is not None and (p is None or not 0 <= p <= 1):
-        raise bad("mix.prob", prob, "null (each method's published setting: mixup 1, cutmix 0.5) "
-                                    "or a probability in [0, 1]")
+        raise invalid("mix.prob", prob, "null (each method's published setting: mixup 1, cutmix 0.5) "
+                                        "or a probability in [0, 1]")
 
 
 # Losses whose target is not a distribution to mix: binary LS's one sigmoid output, and label_flip,
@@ -159,15 +159,15 @@ def check_mix_with_loss(mix_name: str, loss_name: str, alpha: float = 1.0, prob:
     mix.name=none, a mix.alpha or mix.prob that would do nothing is refused too."""
     if mix_name == "none" and (alpha != 1.0 or prob is not None):
         key, value = ("mix.alpha", alpha) if alpha != 1.0 else ("mix.prob", prob)
-        raise bad(key, value, "has no effect with mix.name=none: choose mix=mixup or mix=cutmix, or leave it out")
+        raise invalid(key, value, "has no effect with mix.name=none: choose mix=mixup or mix=cutmix, or leave it out")
     if mix_name != "none" and loss_name in UNMIXABLE:
-        raise bad("mix.name", mix_name, f"none with loss={loss_name} ({UNMIXABLE[loss_name]}); mixing works with "
-                                        f"every other loss, whose target is a distribution")
+        raise invalid("mix.name", mix_name, f"none with loss={loss_name} ({UNMIXABLE[loss_name]}); mixing works with "
+                                            f"every other loss, whose target is a distribution")
 
 
 @dataclass(frozen=True)
 class Mixer:
-    """A named mixing method with its α and prob: `mixer(x, t, g) -> Mixed(x, t, lam, perm)`.
+    """A named mixing method with its α and prob: `mixer(x, p, g) -> Mixed(x, p, lam, perm)`.
 
     prob None is the method's published setting (DEFAULT_PROB); construction validates.
     """
@@ -181,8 +181,8 @@ class Mixer:
         object.__setattr__(self, "alpha", float(self.alpha))
         object.__setattr__(self, "prob", DEFAULT_PROB[self.name] if self.prob is None else float(self.prob))
 
-    def __call__(self, x: Tensor, t: Tensor, g: torch.Generator) -> Mixed:
-        return MIXERS[self.name](x, t, g, self.alpha, self.prob)
+    def __call__(self, x: Tensor, p: Tensor, g: torch.Generator) -> Mixed:
+        return MIXERS[self.name](x, p, g, self.alpha, self.prob)
 
 
 def make_mixer(name: str, alpha: float = 1.0, prob: float | None = None) -> Mixer:
