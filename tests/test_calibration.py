@@ -14,13 +14,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import TINY, make_config
-from ls_bench import calibration as cal
-from ls_bench.calibration import T_MAX, T_MIN, fit_temperature
 from ls_bench.config import LossConfig
 from ls_bench.errors import ConfigError
+from ls_bench.evaluate import calibration as temperature_module
+from ls_bench.evaluate import figures as cal
+from ls_bench.evaluate.calibration import T_MAX, T_MIN, fit_temperature
+from ls_bench.evaluate.metrics import calibration_bins, compute_metrics
 from ls_bench.logs import RunLogger
 from ls_bench.losses import make_criterion
-from ls_bench.metrics import calibration_bins, compute_metrics
 from ls_bench.train import fit
 
 
@@ -71,7 +72,7 @@ def test_degenerate_validation_sets_stay_finite_and_never_worse_than_t1() -> Non
 def test_grid_fallback_when_lbfgs_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     z, y = sampled(2000, 10, 2.0, seed=1)
     best = fit_temperature(z, y)
-    monkeypatch.setattr(cal, "_lbfgs_temperature", lambda *a: None)  # as if LBFGS had diverged
+    monkeypatch.setattr(temperature_module, "_lbfgs_temperature", lambda *a: None)  # as if LBFGS had diverged
     t = fit_temperature(z, y)
     assert t != best and abs(math.log10(t) - math.log10(best)) <= 0.025  # within half a grid step
     assert nll(z, y, t) <= nll(z, y, 1.0)
@@ -177,7 +178,7 @@ def test_confidence_histogram_before_and_after_ts() -> None:
 
 
 def test_risk_coverage_curve_draws_the_curves_whose_areas_are_the_aurc() -> None:
-    from ls_bench.evaluation import selective_metrics
+    from ls_bench.evaluate.selective import selective_metrics
 
     z, y = sampled(500, 10, 2.0, seed=6)
     fig = cal.risk_coverage_curve(z, y, temperature=2.0)

@@ -19,9 +19,9 @@ import torch
 from PIL import Image
 from scipy.stats import poisson
 
-from ls_bench import corruptions as C
-from ls_bench.corruptions import CORRUPTION_NAMES, CORRUPTIONS, check_corruptions, corrupt, resolve_corruptions
 from ls_bench.errors import ConfigError
+from ls_bench.evaluate import corruptions as C
+from ls_bench.evaluate.corruptions import CORRUPTION_NAMES, CORRUPTIONS, check_corruptions, corrupt, resolve_corruptions
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:torchvision.*")
 

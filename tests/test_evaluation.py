@@ -16,12 +16,20 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from conftest import random_logits
-from ls_bench.evaluation import (_bootstrap_eces, _equal_mass_edges, bootstrap_ece, debiased_ece, evaluate_split,
-                                 ood_metrics, ood_scores, paired_bootstrap_ece_diff, risk_coverage,
-                                 selective_metrics, smooth_ece)
-from ls_bench.metrics import ece
-
-
+from ls_bench.evaluate.metrics import ece
+from ls_bench.evaluate.selective import (
+    _bootstrap_eces,
+    _equal_mass_edges,
+    bootstrap_ece,
+    debiased_ece,
+    evaluate_split,
+    ood_metrics,
+    ood_scores,
+    paired_bootstrap_ece_diff,
+    risk_coverage,
+    selective_metrics,
+    smooth_ece,
+)
 
 
 def np_conf_correct(z: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

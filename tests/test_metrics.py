@@ -15,10 +15,16 @@ from torchmetrics.functional.classification import binary_calibration_error, mul
 
 from conftest import make_config, random_logits
 from ls_bench.errors import ConfigError
-from ls_bench.metrics import (adaptive_bin_index, adaptive_ece, bin_index, calibration_bins, classwise_ece,
-                              compute_metrics, ece, mce)
-
-
+from ls_bench.evaluate.metrics import (
+    adaptive_bin_index,
+    adaptive_ece,
+    bin_index,
+    calibration_bins,
+    classwise_ece,
+    compute_metrics,
+    ece,
+    mce,
+)
 
 
 def conf_correct(z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from conftest import TINY, make_config
+from ls_bench.data.loader import Split
 from ls_bench.errors import ConfigError
-from ls_bench.evaluation import ood_metrics, ood_scores, paired_bootstrap_ece_diff, selective_metrics
-from ls_bench.data import Split
-from ls_bench.robustness import fit_shape, noise_images, shift_split
+from ls_bench.evaluate.selective import ood_metrics, ood_scores, paired_bootstrap_ece_diff, selective_metrics
+from ls_bench.evaluate.shift import fit_shape, noise_images, shift_split
 from ls_bench.train import fit
 
 SIX = "data.classes=[0,1,2,3,4,5]"
@@ -153,7 +153,7 @@ def test_the_sweep_report_has_the_evaluation_sections(tmp_path: Path) -> None:
 
 
 def _conf(run_dir: Path, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    from ls_bench.metrics import confidence_correct
+    from ls_bench.evaluate.metrics import confidence_correct
 
     with np.load(run_dir / "predictions.npz") as p:
         return confidence_correct(torch.from_numpy(p["test_logits"]) / temperature, torch.from_numpy(p["test_labels"]))
@@ -166,7 +166,8 @@ def test_an_imagefolder_ood_source_is_read_resized_and_scored(tmp_path: Path) ->
     for c in ("a", "b"):
         (tmp_path / "ood" / "test" / c).mkdir(parents=True)
         for i in range(20):
-            Image.fromarray(g.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "ood" / "test" / c / f"{i}.png")
+            image = Image.fromarray(g.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+            image.save(tmp_path / "ood" / "test" / c / f"{i}.png")
     (tmp_path / "ood" / "train").mkdir()  # a tree with test/: only test/ is read
     run = tmp_path / "run"
     final = fit(make_config(*TINY, "metrics.figures=false", "eval.bootstrap=0", "eval.ood=[imagefolder]",

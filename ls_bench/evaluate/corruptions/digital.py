@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ls_bench.corruptions._common import _gaussian_filter, _source_index, _uniform, to_float, to_uint8
+from ls_bench.evaluate.corruptions._common import _gaussian_filter, _source_index, _uniform, to_float, to_uint8
 
 
 def elastic_params(severity: int) -> tuple[float, float, float]:

@@ -14,40 +14,39 @@ and energy scores of the test split against the source, `ood/<source>/<score>/au
 from __future__ import annotations
 
 import statistics
-from typing import TYPE_CHECKING, Any, Callable
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
 from ls_bench.config import Config, DataConfig
-from ls_bench.data import DATASETS, Split, sized, split_count, stratified_split
-from ls_bench.errors import ConfigError, bad
-from ls_bench.evaluation import ood_metrics, ood_scores
-from ls_bench.metrics import compute_metrics
-
-if TYPE_CHECKING:
-    from ls_bench.train import Run
+from ls_bench.data.loader import Split
+from ls_bench.data.readers import DATASETS, load_imagefolder_split
+from ls_bench.data.splits import sized, split_count, stratified_split
+from ls_bench.errors import ConfigError, invalid
+from ls_bench.evaluate.corruptions import check_corruptions, corrupt, resolve_corruptions
+from ls_bench.evaluate.metrics import compute_metrics
+from ls_bench.evaluate.selective import ood_metrics, ood_scores
 
 OOD_SOURCES = ("held_out", "svhn", "cifar10", "cifar100", "imagefolder", "noise")
 
 
 def check_eval(cfg: Config) -> None:
     """The eval section's checks that need no data (names, severities, ood_root)."""
-    from ls_bench.corruptions import check_corruptions
-
     e = cfg.eval
     check_corruptions(list(e.corruptions), list(e.severities))
     for source in e.ood:
         if source not in OOD_SOURCES:
-            raise bad("eval.ood", list(e.ood), f"sources must be among {list(OOD_SOURCES)}")
+            raise invalid("eval.ood", list(e.ood), f"sources must be among {list(OOD_SOURCES)}")
     if len(set(e.ood)) != len(e.ood):
-        raise bad("eval.ood", list(e.ood), "sources must not repeat")
+        raise invalid("eval.ood", list(e.ood), "sources must not repeat")
     if "imagefolder" in e.ood and e.ood_root in (None, ""):
-        raise bad("eval.ood_root", e.ood_root, "must be set with eval.ood=[imagefolder]: an ImageFolder tree")
+        raise invalid("eval.ood_root", e.ood_root, "must be set with eval.ood=[imagefolder]: an ImageFolder tree")
     if "held_out" in e.ood and cfg.data.classes is None:
-        raise bad("eval.ood", list(e.ood), "held_out needs data.classes to leave some classes out")
+        raise invalid("eval.ood", list(e.ood), "held_out needs data.classes to leave some classes out")
     if e.bootstrap < 0:
-        raise bad("eval.bootstrap", e.bootstrap, "must be >= 0 (0: no bootstrap interval)")
+        raise invalid("eval.bootstrap", e.bootstrap, "must be >= 0 (0: no bootstrap interval)")
 
 
 # --- shift ---------------------------------------------------------------------------------------
@@ -61,10 +60,10 @@ def check_eval_against_data(cfg: Config, test: Split, num_classes: int) -> None:
         return
     n = split_count(size, N)
     if n > N:
-        raise bad("eval.shift_size", sized(size, n), f"must be <= the {N} test images")
+        raise invalid("eval.shift_size", sized(size, n), f"must be <= the {N} test images")
     if n < N and not (K <= n <= N - K):
-        raise bad("eval.shift_size", sized(size, n), f"a stratified sample of the {N} test images needs between "
-                                                     f"{K} and {N - K} of them (the {K} classes), or all {N}")
+        raise invalid("eval.shift_size", sized(size, n), f"a stratified sample of the {N} test images needs between "
+                                                         f"{K} and {N - K} of them (the {K} classes), or all {N}")
 
 
 def shift_split(test: Split, size: float | None, seed: int) -> Split:
@@ -78,13 +77,11 @@ def shift_split(test: Split, size: float | None, seed: int) -> Split:
     return test.take(held)
 
 
-def shift_metrics(run: "Run", temperature: float | None,
+def shift_metrics(cfg: Config, test: Split, temperature: float | None,
                   predict_split: Callable[[Split], Tensor]) -> dict[str, float]:
-    """`shift/<name>/s<k>/{acc,nll,ece,ts_ece}` and the per-severity means `shift/s<k>/...`."""
-    from ls_bench.corruptions import corrupt, resolve_corruptions
-
-    cfg = run.cfg
-    test = shift_split(run.ds.test, cfg.eval.shift_size, cfg.data.split_seed)
+    """`shift/<name>/s<k>/{acc,nll,ece,ts_ece}` and the per-severity means `shift/s<k>/...`, from the
+    model's `predict_split` on the corrupted (eval.shift_size) test images."""
+    test = shift_split(test, cfg.eval.shift_size, cfg.data.split_seed)
     names, y = resolve_corruptions(list(cfg.eval.corruptions)), test.y.cpu()
     out: dict[str, float] = {}
     for k in cfg.eval.severities:
@@ -118,14 +115,11 @@ def held_out_images(cfg: Config) -> Tensor:
 def _dataset_images(name: str, root: str | None, cfg: Config) -> Tensor:
     """The test split of a torchvision dataset or ImageFolder tree (for a tree without test/, all of it)."""
     if name == "imagefolder":
-        from pathlib import Path
-
-        from ls_bench.data import load_imagefolder_split
-
         tree = Path(root).expanduser()
         folder = tree / "test" if (tree / "test").is_dir() else tree
         if not folder.is_dir():
-            raise bad("eval.ood_root", root, "must be a directory: an ImageFolder tree (its test/ split if present)")
+            raise invalid("eval.ood_root", root,
+                          "must be a directory: an ImageFolder tree (its test/ split if present)")
         return load_imagefolder_split(folder, cfg.data.cache_dir, "ood")[0].x
     data = DataConfig(name=name, root=root or cfg.data.root or "./data", download=cfg.data.download,
                       cache_dir=cfg.data.cache_dir)
@@ -158,8 +152,8 @@ def fit_shape(x: Tensor, like: Tensor, source: str) -> Tensor:
     return x.contiguous()
 
 
-def ood_inputs(run: "Run", source: str) -> Tensor:
-    cfg, like = run.cfg, run.ds.test.x
+def ood_inputs(cfg: Config, like: Tensor, source: str) -> Tensor:
+    """The OOD images of `source` in the shape of the in-distribution test images `like`."""
     if source == "noise":
         return noise_images(like, len(like), seed=cfg.data.split_seed)
     if source == "held_out":
@@ -167,14 +161,15 @@ def ood_inputs(run: "Run", source: str) -> Tensor:
     return fit_shape(_dataset_images(source, cfg.eval.ood_root, cfg), like, source)
 
 
-def ood_results(run: "Run", test_logits: Tensor,
+def ood_results(cfg: Config, test_x: Tensor, test_logits: Tensor,
                 predict_split: Callable[[Split], Tensor]) -> tuple[dict[str, float], dict[str, Any]]:
-    """(`ood/<source>/<score>/...` metrics, {`ood_<source>_logits`: array} for predictions.npz)."""
+    """(`ood/<source>/<score>/...` metrics, {`ood_<source>_logits`: array} for predictions.npz): the
+    model's `predict_split` on each eval.ood source against its `test_logits` on `test_x`."""
     scores_in = ood_scores(test_logits)
     metrics: dict[str, float] = {}
     arrays: dict[str, Any] = {}
-    for source in run.cfg.eval.ood:
-        x = ood_inputs(run, source).to(run.ds.test.x.device)
+    for source in cfg.eval.ood:
+        x = ood_inputs(cfg, test_x, source).to(test_x.device)
         z = predict_split(Split(x, torch.zeros(len(x), dtype=torch.long, device=x.device)))
         arrays[f"ood_{source}_logits"] = z.numpy()
         for score, s_out in ood_scores(z).items():

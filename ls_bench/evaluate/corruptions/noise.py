@@ -8,7 +8,7 @@ import math
 import torch
 from torch import Tensor
 
-from ls_bench.corruptions._common import _normal, _uniform, to_float, to_uint8
+from ls_bench.evaluate.corruptions._common import _normal, _uniform, to_float, to_uint8
 
 
 def gaussian_noise(x: Tensor, severity: int, g: torch.Generator) -> Tensor:

@@ -1,11 +1,11 @@
-"""Benchmark: python -m ls_bench.corruptions [N] [names...]"""
+"""Benchmark: python -m ls_bench.evaluate.corruptions [N] [names...]"""
 
 import sys
 import time
 
 import torch
 
-from ls_bench.corruptions import CORRUPTION_NAMES, SEVERITIES, corrupt
+from ls_bench.evaluate.corruptions import CORRUPTION_NAMES, SEVERITIES, corrupt
 
 torch.set_num_threads(2)
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ls_bench.errors import bad
+from ls_bench.errors import invalid
 
 
 def check_inputs(logits: Tensor, labels: Tensor) -> None:
@@ -54,7 +54,7 @@ def check_inputs(logits: Tensor, labels: Tensor) -> None:
 
 def check_n_bins(n_bins: int) -> None:
     if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
-        raise bad("metrics.n_bins", n_bins, "must be an integer >= 1")
+        raise invalid("metrics.n_bins", n_bins, "must be an integer >= 1")
 
 
 def bin_index(conf: Tensor, n_bins: int) -> Tensor:
@@ -133,7 +133,7 @@ def compute_metrics(logits: Tensor, labels: Tensor, n_bins: int = 15, top_k: int
     check_n_bins(n_bins)
     K = logits.shape[1]
     if top_k is not None and not 1 <= top_k <= K:
-        raise bad("metrics.top_k", top_k, f"must be in [1, {K}] for {K} classes")
+        raise invalid("metrics.top_k", top_k, f"must be in [1, {K}] for {K} classes")
     labels = labels.long()
     # Metric arithmetic in float64: sums over 10^5 samples keep ~1e-12 relative error, and a
     # confidence rounds to exactly 1.0 only when the runner-up is e^-37 times smaller.

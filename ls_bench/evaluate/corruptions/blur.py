@@ -13,8 +13,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ls_bench.corruptions._common import (_apply, _filter_matrix, _gaussian_filter, _gaussian_kernel1d, to_float,
-                                          to_uint8)
+from ls_bench.evaluate.corruptions._common import (
+    _apply,
+    _filter_matrix,
+    _gaussian_filter,
+    _gaussian_kernel1d,
+    to_float,
+    to_uint8,
+)
 
 
 def _level_kept(y: Tensor, x: Tensor) -> Tensor:

@@ -8,8 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ls_bench.corruptions._common import _uniform, to_float, to_uint8
-
+from ls_bench.evaluate.corruptions._common import _uniform, to_float, to_uint8
 
 # --- weather ---------------------------------------------------------------------------------------
 

@@ -52,23 +52,53 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ls_bench.errors import bad  # the same function ls_bench.config re-exports
+from ls_bench.errors import invalid
+from ls_bench.evaluate.corruptions._common import _gaussian_filter, to_float, to_uint8
+from ls_bench.evaluate.corruptions.blur import (
+    GLASS,
+    ZOOMS,
+    _disk,
+    defocus_blur,
+    gaussian_blur,
+    glass_blur,
+    glass_core,
+    zoom_blur,
+)
+from ls_bench.evaluate.corruptions.digital import (
+    _affine_transform,
+    _map_coordinates,
+    _warp_affine,
+    affine_points,
+    elastic_core,
+    elastic_params,
+    elastic_transform,
+    jpeg_compression,
+    pixelate,
+    resize_box,
+)
+from ls_bench.evaluate.corruptions.noise import (
+    SHOT,
+    gaussian_noise,
+    impulse_noise,
+    shot_core,
+    shot_noise,
+    speckle_noise,
+)
+from ls_bench.evaluate.corruptions.photometric import (
+    FOG,
+    brightness,
+    contrast,
+    fog,
+    fog_core,
+    hsv_to_rgb,
+    plasma_size,
+    rgb_to_hsv,
+    saturate,
+)
 from ls_bench.seeds import derive_seed
 
-from ls_bench.corruptions._common import to_float, to_uint8
-from ls_bench.corruptions.blur import GLASS, ZOOMS, defocus_blur, gaussian_blur, glass_blur, glass_core, zoom_blur
-from ls_bench.corruptions.digital import (affine_points, elastic_core, elastic_params, elastic_transform,
-                                          jpeg_compression, pixelate, resize_box)
-from ls_bench.corruptions.noise import SHOT, gaussian_noise, impulse_noise, shot_core, shot_noise, speckle_noise
-from ls_bench.corruptions.photometric import (FOG, brightness, contrast, fog, fog_core, hsv_to_rgb, plasma_size,
-                                              rgb_to_hsv, saturate)
-
-# The helpers tests/test_corruptions.py checks against independent references, importable as before.
-from ls_bench.corruptions._common import _gaussian_filter
-from ls_bench.corruptions.blur import _disk
-from ls_bench.corruptions.digital import _affine_transform, _map_coordinates, _warp_affine
-
-# Every public name of the one-module version, and the helpers the tests import.
+# The registry and entry points, each family's corruptions and helpers, and the private helpers that
+# tests/test_corruptions.py checks against independent references (scipy, OpenCV's formulas).
 __all__ = ["CORRUPTIONS", "CORRUPTION_NAMES", "CPU_BATCH", "MISSING", "SEVERITIES", "Corruption",
            "check_corruptions", "corrupt", "resolve_corruptions",
            "to_float", "to_uint8",
@@ -104,10 +134,10 @@ def resolve_corruptions(names: Sequence[str] | str) -> list[str]:
         elif name in CORRUPTIONS:
             out.append(name)
         elif name in MISSING:
-            raise bad("eval.corruptions", name, f"not implemented here ({MISSING[name]}); "
-                      f"use all or some of {', '.join(CORRUPTION_NAMES)}")
+            raise invalid("eval.corruptions", name, f"not implemented here ({MISSING[name]}); "
+                          f"use all or some of {', '.join(CORRUPTION_NAMES)}")
         else:
-            raise bad("eval.corruptions", name, f"use all or some of {', '.join(CORRUPTION_NAMES)}")
+            raise invalid("eval.corruptions", name, f"use all or some of {', '.join(CORRUPTION_NAMES)}")
     return list(dict.fromkeys(out))
 
 
@@ -116,7 +146,7 @@ def check_corruptions(names: Sequence[str] | str, severities: Sequence[int]) -> 
     resolve_corruptions(names)
     for s in severities:
         if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s not in SEVERITIES:
-            raise bad("eval.severities", s, "severities are the integers 1..5 of CIFAR-10-C")
+            raise invalid("eval.severities", s, "severities are the integers 1..5 of CIFAR-10-C")
 
 
 def corrupt(x: Tensor, name: str, severity: int, seed: int, batch_size: int = 1000) -> Tensor:
@@ -127,7 +157,7 @@ def corrupt(x: Tensor, name: str, severity: int, seed: int, batch_size: int = 10
     """
     if name not in CORRUPTIONS:
         resolve_corruptions([name])  # raises the one-line error (also for "all")
-        raise bad("eval.corruptions", name, "corrupt() takes one corruption name, not all")
+        raise invalid("eval.corruptions", name, "corrupt() takes one corruption name, not all")
     check_corruptions([name], [severity])
     if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] not in (1, 3) or min(x.shape[2:]) < 4:
         raise ValueError(f"corrupt needs uint8 images [N, 1 or 3, H >= 4, W >= 4]; got {x.dtype} {tuple(x.shape)}")

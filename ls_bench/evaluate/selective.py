@@ -2,7 +2,7 @@
 
 Every function is a pure, vectorised function of whole-split tensors (any device; float64 where sums
 or ranks need it) and returns plain floats under bare names; the caller logs them as `split/name`.
-Confidence is always the float64 max softmax probability of ls_bench.metrics.confidence_correct.
+Confidence is always the float64 max softmax probability of ls_bench.evaluate.metrics.confidence_correct.
 
 - Selective classification (Geifman & El-Yaniv 2017): rank by confidence, keep the k most confident.
   risk(k) = E[#errors among the k most confident] / k, coverage(k) = k / N, k = 1..N.
@@ -11,7 +11,7 @@ Confidence is always the float64 max softmax probability of ls_bench.metrics.con
 - OOD detection with in-distribution as the positive class: MSP (Hendrycks & Gimpel 2017), max logit
   (Hendrycks et al. 2022), negative energy T·logsumexp(z / T), T = 1 (Liu et al. 2020); AUROC,
   AUPR-in and FPR at 95% TPR.
-- ECE uncertainty: percentile bootstrap of ls_bench.metrics.ece (same equal-width bins), the paired
+- ECE uncertainty: percentile bootstrap of ls_bench.evaluate.metrics.ece (same equal-width bins), the paired
   bootstrap of an ECE difference, the debiased L1 calibration error of Kumar, Liang & Ma 2019 and the
   SmoothECE of Błasiok & Nakkiran 2023.
 """
@@ -23,7 +23,7 @@ import math
 import torch
 from torch import Tensor
 
-from ls_bench.metrics import bin_index, check_inputs, check_n_bins, confidence_correct
+from ls_bench.evaluate.metrics import bin_index, check_inputs, check_n_bins, confidence_correct
 
 BOOTSTRAP_CHUNK = 100  # resamples per bincount: 100 x N int64 indices = 8 MB at N = 10^4
 
@@ -174,7 +174,7 @@ def ood_metrics(score_in: Tensor, score_out: Tensor) -> dict[str, float]:
 def _bootstrap_eces(models: list[tuple[Tensor, Tensor]], n_bins: int, n_resamples: int, seed: int) -> Tensor:
     """ECE of each (conf, correct) on the same n_resamples bootstrap resamples: [len(models), B].
 
-    ECE = Σ_m |Σ_{i in B_m} (correct_i - conf_i)| / N (ls_bench.metrics.ece with its bin_index). A
+    ECE = Σ_m |Σ_{i in B_m} (correct_i - conf_i)| / N (ls_bench.evaluate.metrics.ece with its bin_index). A
     chunk of C resamples is one bincount: resample r's sample i adds its gap at index r·M + bin_i.
     """
     check_n_bins(n_bins)
@@ -214,7 +214,7 @@ def bootstrap_ece(conf: Tensor, correct: Tensor, n_bins: int, n_resamples: int, 
     """Percentile bootstrap interval of the equal-width ECE (Efron & Tibshirani 1993, ch. 13).
 
     Resamples the N test samples with replacement n_resamples times (indices from a CPU
-    torch.Generator seeded with `seed`), takes ls_bench.metrics.ece of each resample with the same
+    torch.Generator seeded with `seed`), takes ls_bench.evaluate.metrics.ece of each resample with the same
     bins, and returns the (1-level)/2 and (1+level)/2 quantiles. ECE is biased upwards and so are
     its resamples: for a well-calibrated model the interval can lie above the plug-in ECE.
     """
