@@ -18,9 +18,11 @@ import torch
 import yaml
 
 from conftest import REPO, run_cli
-from ls_bench.metrics import compute_metrics
-from ls_bench.report import (EPS, Baseline, Run, build_groups, expected_jobs, find_runs, mean_curves, pooled_bins, report,
-                             parse_baseline, varying_keys)
+from ls_bench.evaluate.metrics import compute_metrics
+from ls_bench.report import report
+from ls_bench.report.plots import mean_curves, pooled_bins
+from ls_bench.report.runs import RunResult, expected_jobs, find_runs
+from ls_bench.report.stats import EPSILON_KEY, Baseline, build_groups, parse_baseline, varying_keys
 
 # Two-sided 95% quantiles t(0.975, df) from any statistics textbook table.
 T975 = {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 5: 2.5706, 9: 2.2622, 10: 2.2281, 20: 2.0860, 30: 2.0423}
@@ -85,9 +87,9 @@ def test_the_report_after_a_sweep_can_be_switched_off(tmp_path: Path) -> None:
 def test_summary_csv_matches_final_json(sweep: Path, summary: list[dict[str, str]]) -> None:
     runs = finals(sweep)
     assert sorted(runs) == [(0.0, 0), (0.0, 1), (0.1, 0), (0.1, 1)]
-    assert [float(r[EPS]) for r in summary] == [0.0, 0.1]
+    assert [float(r[EPSILON_KEY]) for r in summary] == [0.0, 0.1]
     for row in summary:
-        eps = float(row[EPS])
+        eps = float(row[EPSILON_KEY])
         assert row["n"] == "2" and row["seeds"] == "0 1" and row["failed"] == row["missing"] == "0"
         for m in METRICS:
             x = np.array([runs[(eps, s)][m] for s in (0, 1)])
@@ -118,7 +120,7 @@ def test_markdown_and_plots_are_written(sweep: Path, summary: list[dict[str, str
 def test_pooled_reliability_bins_agree_with_compute_metrics(sweep: Path) -> None:
     """The diagram's ECE over the pooled seeds equals metrics.compute_metrics on the same logits."""
     jobs = [j for j in sweep.iterdir() if j.is_dir() and "loss.epsilon=0.1," in j.name]
-    runs = [Run(j, {"metrics.n_bins": 15}, "done") for j in jobs]
+    runs = [RunResult(j, {"metrics.n_bins": 15}, "done") for j in jobs]
     bins, ece, n = pooled_bins(runs)
     assert n == 2 and sum(bins["count"]) == 2 * 360
     data = [np.load(j / "predictions.npz") for j in jobs]
@@ -129,7 +131,8 @@ def test_pooled_reliability_bins_agree_with_compute_metrics(sweep: Path) -> None
 
 def test_partial_sweep_names_missing_failed_and_unstarted_runs(sweep: Path, tmp_path: Path) -> None:
     part = tmp_path / "partial"
-    shutil.copytree(sweep, part, ignore=shutil.ignore_patterns("events.out.tfevents.*", "*.png", "summary.*", "last.pt"))
+    shutil.copytree(sweep, part,
+                    ignore=shutil.ignore_patterns("events.out.tfevents.*", "*.png", "summary.*", "last.pt"))
     jobs = {(j.name.split("loss.epsilon=")[1].split(",")[0], j.name.split("seed=")[1].split(",")[0]): j
             for j in part.iterdir() if j.is_dir()}
     (jobs[("0.1", "1")] / "final.json").unlink()  # killed after its last epoch was logged
@@ -147,7 +150,7 @@ def test_partial_sweep_names_missing_failed_and_unstarted_runs(sweep: Path, tmp_
     assert "not started: 1 of the 4 jobs in multirun.yaml have no directory yet" in lines
     assert "1 of 3 runs finished" in lines[0]
     with open(part / "summary.csv") as f:
-        rows = {row[EPS]: row for row in csv.DictReader(f)}
+        rows = {row[EPSILON_KEY]: row for row in csv.DictReader(f)}
     assert (rows["0.0"]["n"], rows["0.1"]["n"], rows["0.1"]["failed"], rows["0.1"]["missing"]) == ("1", "0", "1", "1")
     assert rows["0.1"]["test/acc mean"] == "" and rows["0.1"]["test/acc diff n"] == "0"
     assert "## Unfinished runs" in (part / "summary.md").read_text()
@@ -161,10 +164,10 @@ def test_report_of_an_empty_directory_is_one_line(tmp_path: Path) -> None:
                                              f"below {tmp_path}"]
 
 
-def _run(eps: float, seed: int, model: str = "small_cnn", acc: float | None = None, **extra: object) -> Run:
+def _run(eps: float, seed: int, model: str = "small_cnn", acc: float | None = None, **extra: object) -> RunResult:
     config = {"model.name": model, "loss.epsilon": eps, "seed": seed, "seeds.init": None,
               "trainer.progress": True, "trainer.device": "auto", **extra}
-    return Run(Path(f"/x/{model}-{eps}-{seed}"), config, "done" if acc is not None else "missing",
+    return RunResult(Path(f"/x/{model}-{eps}-{seed}"), config, "done" if acc is not None else "missing",
                {"test/acc": acc} if acc is not None else {})
 
 
@@ -172,7 +175,7 @@ def test_grouping_ignores_seeds_and_where_keys_and_pairs_on_the_seed() -> None:
     runs = [_run(0, 0, acc=0.90, **{"trainer.progress": False}), _run(0, 1, acc=0.80, **{"trainer.device": "cpu"}),
             _run(0.1, 0, acc=0.95), _run(0.1, 1, acc=0.81), _run(0.1, 2, acc=0.99),  # seed 2 has no baseline
             _run(0.1, 0, model="resnet20", acc=0.5), _run(0, 0, model="resnet20")]  # baseline not finished
-    assert varying_keys(runs) == ["model.name", EPS]
+    assert varying_keys(runs) == ["model.name", EPSILON_KEY]
     groups, keys = build_groups(runs, ["test/acc"])
     assert [tuple(g.labels.values()) for g in groups] == [("resnet20", 0), ("resnet20", 0.1), ("small_cnn", 0),
                                                           ("small_cnn", 0.1)]
@@ -193,14 +196,14 @@ def test_baseline_pairs_on_any_key_by_seed() -> None:
     base = parse_baseline("mix=none", runs)
     assert base == Baseline("mix.name", "none") and base.label == "mix.name=none"
     groups, keys = build_groups(runs, ["test/acc"], base)
-    assert keys == ["mix.name", EPS]
-    by = {(g.labels["mix.name"], g.labels[EPS]): g for g in groups}
+    assert keys == ["mix.name", EPSILON_KEY]
+    by = {(g.labels["mix.name"], g.labels[EPSILON_KEY]): g for g in groups}
     d = by[("mixup", 0)].diffs["test/acc"]
     assert (d.n, d.mean) == (2, pytest.approx(((0.83 - 0.80) + (0.74 - 0.70)) / 2))
     assert by[("mixup", 0.1)].diffs["test/acc"].mean == pytest.approx(0.85 - 0.90)  # its own ε's baseline
     assert by[("none", 0.1)].diffs == {}  # a baseline itself
     default = build_groups(runs, ["test/acc"])[0]  # loss.epsilon=0: as before
-    assert {(g.labels["mix.name"], g.labels[EPS]): g.diffs["test/acc"].mean for g in default if g.diffs} == \
+    assert {(g.labels["mix.name"], g.labels[EPSILON_KEY]): g.diffs["test/acc"].mean for g in default if g.diffs} == \
         {("mixup", 0.1): pytest.approx(0.85 - 0.83), ("none", 0.1): pytest.approx(0.90 - 0.80)}
     with pytest.raises(ValueError, match="'mixx' is not a config key"):
         parse_baseline("mixx=none", runs)
@@ -215,10 +218,10 @@ def test_a_baseline_of_two_keys_pairs_each_setting_with_that_one_run_by_seed() -
             ("none", 0.1, 0): 0.90, ("none", 0.1, 1): 0.60, ("mixup", 0.1, 0): 0.85}
     runs = [_run(eps, seed, acc=acc, **{"mix.name": mix}) for (mix, eps, seed), acc in accs.items()]
     base = parse_baseline(["mix=none", "loss.epsilon=0.1"], runs)
-    assert base.keys == ["mix.name", EPS] and base.label == "mix.name=none, loss.epsilon=0.1"
+    assert base.keys == ["mix.name", EPSILON_KEY] and base.label == "mix.name=none, loss.epsilon=0.1"
     groups, keys = build_groups(runs, ["test/acc"], base)
-    assert keys == ["mix.name", EPS]
-    by = {(g.labels["mix.name"], g.labels[EPS]): g for g in groups}
+    assert keys == ["mix.name", EPSILON_KEY]
+    by = {(g.labels["mix.name"], g.labels[EPSILON_KEY]): g for g in groups}
     d = by[("mixup", 0)].diffs["test/acc"]
     assert (d.n, d.mean) == (2, pytest.approx(((0.83 - 0.90) + (0.74 - 0.60)) / 2))
     assert by[("none", 0)].diffs["test/acc"].mean == pytest.approx(((0.80 - 0.90) + (0.70 - 0.60)) / 2)
@@ -241,7 +244,7 @@ def test_the_report_command_takes_baseline_more_than_once(sweep: Path, tmp_path:
         acc[(cfg["loss"]["epsilon"], cfg["seed"])] = json.loads(job.read_text())["test/acc"]
     want = np.mean([acc[(0, s)] - acc[(0.1, s)] for s in (0, 1)])
     rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
-    assert float(next(row for row in rows if float(row[EPS]) == 0)["test/acc diff"]) == pytest.approx(want)
+    assert float(next(row for row in rows if float(row[EPSILON_KEY]) == 0)["test/acc diff"]) == pytest.approx(want)
     assert f"Paired difference to loss.epsilon=0.1, model.name={model} on the same seed" in \
         (tmp_path / "summary.md").read_text()
 
@@ -268,7 +271,7 @@ def test_metrics_option_chooses_the_columns_and_rejects_unknown_keys(sweep: Path
     assert not any(k.startswith(("test/acc", "test/ece")) for k in rows[0])
     runs = finals(sweep)
     for row in rows:
-        eps = float(row[EPS])
+        eps = float(row[EPSILON_KEY])
         for m in ("train/loss", "test/conf"):
             assert float(row[f"{m} mean"]) == pytest.approx(np.mean([runs[(eps, s)][m] for s in (0, 1)]), rel=1e-12)
     assert "| loss.epsilon | n | train/loss | test/conf |" in (copy / "summary.md").read_text()
@@ -289,7 +292,7 @@ def test_a_closed_terminal_does_not_cost_the_report_files(sweep: Path, tmp_path:
 
 
 def test_training_curves_average_metrics_jsonl_over_seeds(sweep: Path) -> None:
-    runs = [r for r in find_runs(sweep) if r.config[EPS] == 0.1]
+    runs = [r for r in find_runs(sweep) if r.config[EPSILON_KEY] == 0.1]
     curves = mean_curves(runs, ["train/loss", "train/acc", "no/such_key"])
     by_seed = [[json.loads(line) for line in (r.dir / "metrics.jsonl").read_text().splitlines()] for r in runs]
     assert len(runs) == 2 and sorted(curves) == ["train/acc", "train/loss"]

@@ -20,9 +20,9 @@ from typing import Any, Callable, Iterable, Sequence
 import yaml
 
 from ls_bench.config import NOT_COMPUTED
-from ls_bench.report_runs import Run
+from ls_bench.report.runs import RunResult
 
-EPS = "loss.epsilon"  # the default baseline key, and the x axis of the plots
+EPSILON_KEY = "loss.epsilon"  # the default baseline key, and the x axis of the plots
 LEVEL = 0.95  # confidence level of every interval in the report
 
 
@@ -37,7 +37,7 @@ def canonical(v: Any) -> str:
     return json.dumps(v, sort_keys=True)
 
 
-def _label(v: Any) -> str:
+def value_label(v: Any) -> str:
     """A config value as the tables and plots show it (floats in %g: 0.1, 1e-05)."""
     return f"{v:g}" if isinstance(v, float) else str(v)
 
@@ -67,8 +67,7 @@ def summarize(values: Sequence[float]) -> Stats:
 class Baseline:
     """What the paired differences are taken against: the run with `key` = `value` (and, for a
     baseline that differs in more than one key, each of `also`'s keys = its value)."""
-
-    key: str = EPS
+    key: str = EPSILON_KEY
     value: Any = 0
     also: tuple[tuple[str, Any], ...] = ()
 
@@ -82,15 +81,15 @@ class Baseline:
 
     @property
     def label(self) -> str:
-        if not self.also and (self.key, canonical(self.value)) == (EPS, canonical(0)):
+        if not self.also and (self.key, canonical(self.value)) == (EPSILON_KEY, canonical(0)):
             return "ε = 0"
-        return ", ".join(f"{k}={_label(v)}" for k, v in self.pairs)
+        return ", ".join(f"{k}={value_label(v)}" for k, v in self.pairs)
 
     def matches(self, config: dict[str, Any]) -> bool:
         return all(k in config and canonical(config[k]) == canonical(v) for k, v in self.pairs)
 
 
-def parse_baseline(text: str | Sequence[str], runs: Sequence["Run"]) -> Baseline:
+def parse_baseline(text: str | Sequence[str], runs: Sequence[RunResult]) -> Baseline:
     """`KEY=VALUE` (VALUE in YAML: 0, 0.1, none, [1,2]), or several of them (each its own
     --baseline) for a baseline that differs in several keys; a config group may be named for its
     `.name` key (`mix=none` is `mix.name=none`). A KEY no run has is an error naming the keys that
@@ -117,12 +116,12 @@ def parse_baseline(text: str | Sequence[str], runs: Sequence["Run"]) -> Baseline
 @dataclass
 class Group:
     labels: dict[str, Any]  # the varying config keys and their values in this group
-    runs: list[Run]  # all of its runs, whatever their status
+    runs: list[RunResult]  # all of its runs, whatever their status
     stats: dict[str, Stats] = field(default_factory=dict)
     diffs: dict[str, Stats] = field(default_factory=dict)  # paired difference to the baseline, same seed
 
     @property
-    def done(self) -> list[Run]:
+    def done(self) -> list[RunResult]:
         return [r for r in self.runs if r.status == "done"]
 
 
@@ -132,7 +131,7 @@ def setting_key(config: dict[str, Any], drop: Iterable[str] = ()) -> tuple[tuple
     return tuple(sorted((k, canonical(v)) for k, v in config.items() if k not in skip))
 
 
-def varying_keys(runs: Sequence[Run], always: Sequence[str] = (EPS,)) -> list[str]:
+def varying_keys(runs: Sequence[RunResult], always: Sequence[str] = (EPSILON_KEY,)) -> list[str]:
     """Config keys (not seeds, not ignored) that take more than one value, then `always`."""
     keys: list[str] = []
     for r in runs:
@@ -142,20 +141,20 @@ def varying_keys(runs: Sequence[Run], always: Sequence[str] = (EPS,)) -> list[st
     return [k for k in out if k not in always] + list(dict.fromkeys(always))
 
 
-def _sort_key(values: Iterable[Any]) -> tuple:
+def sort_key(values: Iterable[Any]) -> tuple:
     return tuple((0, float(v), "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0.0, str(v))
                  for v in values)
 
 
-def baseline_partners(runs: Sequence[Run], baseline: Baseline) -> Callable[[Run], Run | None]:
+def baseline_partners(runs: Sequence[RunResult], baseline: Baseline) -> Callable[[RunResult], RunResult | None]:
     """run -> its baseline run: the finished run of the same setting and seeds with each KEY = VALUE."""
     base = {setting_key(r.config, baseline.keys): r for r in runs if r.status == "done" and baseline.matches(r.config)}
     return lambda r: base.get(setting_key(r.config, baseline.keys))
 
 
-def build_groups(runs: Sequence[Run], metrics: Sequence[str],
+def build_groups(runs: Sequence[RunResult], metrics: Sequence[str],
                  baseline: Baseline = Baseline()) -> tuple[list[Group], list[str]]:
-    keys = varying_keys(runs, always=(*baseline.keys, EPS))
+    keys = varying_keys(runs, always=(*baseline.keys, EPSILON_KEY))
     seeds = {k for r in runs for k in r.config if is_seed_key(k)}
     by_setting: dict[tuple, Group] = {}
     for r in runs:
@@ -169,5 +168,5 @@ def build_groups(runs: Sequence[Run], metrics: Sequence[str],
                 continue
             pairs = [(r.value(m), b.value(m)) for r in g.done if (b := partner(r))]
             g.diffs[m] = summarize([a - b for a, b in pairs if a is not None and b is not None])
-    groups = sorted(by_setting.values(), key=lambda g: _sort_key(g.labels.values()))
+    groups = sorted(by_setting.values(), key=lambda g: sort_key(g.labels.values()))
     return groups, keys

@@ -6,21 +6,19 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
-if TYPE_CHECKING:
-    from ls_bench.report_runs import Run
-    from ls_bench.report_stats import Baseline, Group
+from ls_bench.report.runs import RunResult, numeric_keys
+from ls_bench.report.stats import LEVEL, Baseline, Group, build_groups, value_label
+from ls_bench.report.tables import md_table, tables
 
 SELECTIVE = ("test/aurc", "test/eaurc", "test/risk_cov80", "test_ts/aurc", "test/ece_lo", "test/ece_hi",
              "test/dece", "test/smece")
 SHIFT = ("acc", "nll", "ece", "ts_ece")  # per severity: shift/s<k>/<key>
 
 
-def section_metrics(runs: Sequence["Run"]) -> dict[str, list[str]]:
+def section_metrics(runs: Sequence[RunResult]) -> dict[str, list[str]]:
     """{section title: the final.json keys it shows}, for the sections some finished run has."""
-    from ls_bench.report_runs import numeric_keys
-
     keys = numeric_keys(runs)
     severities = sorted({int(m.group(1)) for k in keys if (m := re.fullmatch(r"shift/s(\d+)/acc", k))})
     sections = {
@@ -32,13 +30,10 @@ def section_metrics(runs: Sequence["Run"]) -> dict[str, list[str]]:
     return {title: ks for title, ks in sections.items() if ks}
 
 
-def markdown_sections(runs: Sequence["Run"], baseline: "Baseline") -> tuple[list[str], dict[str, list["Group"]]]:
+def markdown_sections(runs: Sequence[RunResult], baseline: Baseline) -> tuple[list[str], dict[str, list[Group]]]:
     """Markdown lines of every section, and each section's groups (for the plots)."""
-    from ls_bench.report import md_table, tables
-    from ls_bench.report_stats import LEVEL, build_groups
-
     lines: list[str] = []
-    grouped: dict[str, list["Group"]] = {}
+    grouped: dict[str, list[Group]] = {}
     for title, metrics in section_metrics(runs).items():
         groups, keys = build_groups(runs, metrics, baseline)
         grouped[title] = groups
@@ -50,12 +45,11 @@ def markdown_sections(runs: Sequence["Run"], baseline: "Baseline") -> tuple[list
     return lines, grouped
 
 
-def plot_shift(groups: Sequence["Group"], path: Path) -> bool:
+def plot_shift(groups: Sequence[Group], path: Path) -> bool:
     """shift_vs_severity.png: accuracy, ECE and ECE after temperature scaling against severity,
     mean over seeds with 95% CI bars, a line per setting (ε and the other varying keys)."""
     from matplotlib.figure import Figure
 
-    from ls_bench.report_stats import _label
 
     panels = [key for key in SHIFT if key != "nll"]
     fig = Figure(figsize=(4.2 * len(panels), 3.6), layout="constrained")
@@ -67,7 +61,7 @@ def plot_shift(groups: Sequence["Group"], path: Path) -> bool:
                          if (m := re.fullmatch(rf"shift/s(\d+)/{key}", name)) and s.mean is not None)
             if pts:
                 drawn = True
-                label = ", ".join(f"{k}={_label(v)}" for k, v in g.labels.items())
+                label = ", ".join(f"{k}={value_label(v)}" for k, v in g.labels.items())
                 ax.errorbar([k for k, _ in pts], [s.mean for _, s in pts], yerr=[s.ci or 0.0 for _, s in pts],
                             marker="o", capsize=3, label=label)
         ax.set(xlabel="severity", ylabel=key, title={"acc": "accuracy", "ece": "ECE", "ts_ece":

@@ -7,15 +7,15 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-from ls_bench.report_runs import Run
-from ls_bench.report_stats import EPS, LEVEL, Group, _label
+from ls_bench.report.runs import RunResult
+from ls_bench.report.stats import EPSILON_KEY, LEVEL, Group, value_label
 
 PLOT_METRICS = ("test/acc", "test/nll", "test/ece", "test_ts/ece")  # metrics_vs_epsilon.png, by default
 CURVES = ("train/loss", "train/acc", "val/acc")  # per-epoch keys of metrics.jsonl for training_curves.png
 
 
 def _other_label(labels: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={_label(v)}" for k, v in labels.items() if k != EPS)
+    return ", ".join(f"{k}={value_label(v)}" for k, v in labels.items() if k != EPSILON_KEY)
 
 
 def plot_metrics(groups: Sequence[Group], metrics: Sequence[str], path: Path, all_of_them: bool = False) -> None:
@@ -31,7 +31,7 @@ def plot_metrics(groups: Sequence[Group], metrics: Sequence[str], path: Path, al
         lines.setdefault(_other_label(g.labels), []).append(g)
     for ax, m in zip(axes, metrics):
         for label, gs in lines.items():
-            pts = [(float(g.labels[EPS]), g.stats[m]) for g in gs if g.stats[m].mean is not None]
+            pts = [(float(g.labels[EPSILON_KEY]), g.stats[m]) for g in gs if g.stats[m].mean is not None]
             if pts:
                 ax.errorbar([x for x, _ in pts], [s.mean for _, s in pts], yerr=[s.ci or 0.0 for _, s in pts],
                             marker="o", capsize=3, label=label or None)
@@ -44,20 +44,14 @@ def plot_metrics(groups: Sequence[Group], metrics: Sequence[str], path: Path, al
     fig.savefig(path, dpi=110)
 
 
-def pooled_bins(runs: Sequence[Run], split: str = "test") -> tuple[dict[str, list[float]], float, int] | None:
+def pooled_bins(runs: Sequence[RunResult], split: str = "test") -> tuple[dict[str, list[float]], float, int] | None:
     """Reliability-diagram bins of the runs' saved predictions pooled together; also the pooled ECE."""
-    import numpy as np
     import torch
 
-    from ls_bench.metrics import calibration_bins, confidence_correct, ece
+    from ls_bench.evaluate.metrics import calibration_bins, confidence_correct, ece
 
-    logits, labels = [], []
-    for r in runs:
-        p = r.dir / "predictions.npz"
-        if p.exists():
-            with np.load(p, allow_pickle=False) as f:  # data only: a pickled object array is refused
-                logits.append(torch.from_numpy(f[f"{split}_logits"]))
-                labels.append(torch.from_numpy(f[f"{split}_labels"]).long())
+    saved = [p for r in runs if (p := r.predictions(split)) is not None]
+    logits, labels = [z for z, _ in saved], [y for _, y in saved]
     if not logits:
         return None
     conf, correct = confidence_correct(torch.cat(logits), torch.cat(labels))
@@ -69,12 +63,12 @@ def plot_reliability(groups: Sequence[Group], path: Path) -> bool:
     """Grid of reliability diagrams on the test split: a row per other setting, a column per ε."""
     from matplotlib.figure import Figure
 
-    from ls_bench.calibration import draw_reliability
+    from ls_bench.evaluate.figures import draw_reliability
 
     rows: dict[str, dict[float, Group]] = {}
     for g in groups:
         if g.done:
-            rows.setdefault(_other_label(g.labels), {})[float(g.labels[EPS])] = g
+            rows.setdefault(_other_label(g.labels), {})[float(g.labels[EPSILON_KEY])] = g
     eps = sorted({e for r in rows.values() for e in r})
     if not eps:
         return False
@@ -98,7 +92,7 @@ def plot_reliability(groups: Sequence[Group], path: Path) -> bool:
     return True
 
 
-def mean_curves(runs: Sequence[Run], keys: Sequence[str]) -> dict[str, tuple[list[int], list[float]]]:
+def mean_curves(runs: Sequence[RunResult], keys: Sequence[str]) -> dict[str, tuple[list[int], list[float]]]:
     """Each key per epoch from the runs' metrics.jsonl (each file read once), averaged over the
     runs at the epochs all of them logged; keys that no run logged are left out."""
     from ls_bench.logs import read_jsonl
@@ -133,7 +127,7 @@ def plot_curves(groups: Sequence[Group], path: Path, keys: Sequence[str] = CURVE
             ax = axes[i][j]
             for g, by_key in curves:
                 if key in by_key:
-                    ax.plot(*by_key[key], label=f"ε={float(g.labels[EPS]):g}")
+                    ax.plot(*by_key[key], label=f"ε={float(g.labels[EPSILON_KEY]):g}")
             if key.endswith("loss"):
                 ax.set_yscale("log")
             ax.set(xlabel="epoch", title=f"{key}\n{label}" if label else key)

@@ -6,7 +6,7 @@ differs only in the baseline key, `--baseline`, default ε = 0):
     seed-paired   the report's usual one: the mean over seeds of ECE(run) − ECE(baseline), with a
                   Student-t interval over the seeds (training noise);
     sample-paired a paired percentile bootstrap over the test samples of that one pair of models
-                  (ls_bench.evaluation.paired_bootstrap_ece_diff: one index set per resample scores
+                  (ls_bench.evaluate.selective.paired_bootstrap_ece_diff: one index set per resample scores
                   both models, so the sample-to-sample variation they share cancels), from the
                   saved predictions, with the run's eval.bootstrap resamples and data.split_seed
                   (test-set noise). Before and after temperature scaling (final.json's temperature).
@@ -15,39 +15,36 @@ ECE cells also show each run's own bootstrap interval (test/ece_lo, test/ece_hi)
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Sequence
 
-if TYPE_CHECKING:
-    from ls_bench.report_runs import Run
-    from ls_bench.report_stats import Baseline, Group
+from ls_bench.report.runs import RunResult, present
+from ls_bench.report.stats import (
+    LEVEL,
+    Baseline,
+    Group,
+    baseline_partners,
+    build_groups,
+    is_seed_key,
+    sort_key,
+    value_label,
+)
+from ls_bench.report.tables import diff_cell, md_table
 
 TITLE = "ECE with its own error bar: seed-paired and test-sample-paired differences"
 
 
-def _test_predictions(run: "Run") -> tuple[Any, Any] | None:
-    """(test logits, test labels) the run saved in predictions.npz, or None without the file."""
-    import numpy as np
-    import torch
-
-    path = run.dir / "predictions.npz"
-    if not path.exists():
-        return None
-    with np.load(path, allow_pickle=False) as f:
-        return torch.from_numpy(f["test_logits"]), torch.from_numpy(f["test_labels"]).long()
-
-
-def pair_intervals(run: "Run", base: "Run") -> dict[str, dict[str, float]]:
+def pair_intervals(run: RunResult, base: RunResult) -> dict[str, dict[str, float]]:
     """{"ece": {point, mean, lo, hi}, "ts_ece": ...}: the paired bootstrap of ECE(run) − ECE(base)
     on the test samples, before and (when both have a temperature) after temperature scaling, with
     the run's eval.bootstrap resamples (none: {}) seeded by its data.split_seed. Two runs whose saved
     test labels differ (another data.root, say) are not paired."""
     import torch
 
-    from ls_bench.evaluation import paired_bootstrap_ece_diff
-    from ls_bench.metrics import confidence_correct
+    from ls_bench.evaluate.metrics import confidence_correct  # torch: only for runs with saved predictions
+    from ls_bench.evaluate.selective import paired_bootstrap_ece_diff
 
     resamples = int(run.config.get("eval.bootstrap", 1000))
-    a, b = _test_predictions(run), _test_predictions(base)
+    a, b = run.predictions(), base.predictions()
     if resamples <= 0 or a is None or b is None or not torch.equal(a[1], b[1]):
         return {}
     out: dict[str, dict[str, float]] = {}
@@ -70,50 +67,41 @@ def _interval(d: dict[str, float] | None) -> str:
     return f"{d['point']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]{mark}"
 
 
-def _seed_label(run: "Run", seed_keys: Sequence[str]) -> str:
+def _seed_label(run: RunResult, seed_keys: Sequence[str]) -> str:
     return ", ".join(str(run.config[k]) if k == "seed" else f"{k}={run.config[k]}" for k in seed_keys
                      if k in run.config and (k == "seed" or run.config[k] is not None))
 
 
-def mean_row(g: "Group", keys: Sequence[str], baseline: "Baseline") -> list[str]:
+def mean_row(g: Group, keys: Sequence[str], baseline: Baseline) -> list[str]:
     """One setting: its mean ECE with the mean of its runs' bootstrap intervals, and the seed-paired Δs."""
-    from ls_bench.report import diff_cell
-    from ls_bench.report_stats import _label
-
     s = g.stats
     boot = (f" (bootstrap [{s['test/ece_lo'].mean:.4f}, {s['test/ece_hi'].mean:.4f}])"
             if "test/ece_lo" in s and s["test/ece_lo"].mean is not None else "")
     ece = "–" if s["test/ece"].mean is None else f"{s['test/ece'].mean:.4f}"
-    return [*(_label(g.labels[k]) for k in keys), str(len(g.done)), ece + boot,
+    return [*(value_label(g.labels[k]) for k in keys), str(len(g.done)), ece + boot,
             diff_cell(g.diffs.get("test/ece"), baseline.label),
             diff_cell(g.diffs.get("test_ts/ece"), baseline.label) if "test_ts/ece" in s else "–"]
 
 
-def pair_rows(runs: Sequence["Run"], groups: Sequence["Group"], keys: Sequence[str],
-              baseline: "Baseline") -> list[list[str]]:
+def pair_rows(runs: Sequence[RunResult], groups: Sequence[Group], keys: Sequence[str],
+              baseline: Baseline) -> list[list[str]]:
     """One row per run with a baseline partner: its seed and the two test-sample-paired intervals."""
-    from ls_bench.report_stats import _label, _sort_key, baseline_partners, is_seed_key
-
     partner = baseline_partners(runs, baseline)
     seed_keys = sorted({k for r in runs for k in r.config if is_seed_key(k)})
     rows = []
     for g in groups:
         if baseline.matches(g.labels):
             continue
-        for r in sorted(g.done, key=lambda r: _sort_key(r.config.get(k) for k in seed_keys)):
+        for r in sorted(g.done, key=lambda r: sort_key(r.config.get(k) for k in seed_keys)):
             if (b := partner(r)) is not None and (d := pair_intervals(r, b)):
-                rows.append([*(_label(g.labels[k]) for k in keys), _seed_label(r, seed_keys),
+                rows.append([*(value_label(g.labels[k]) for k in keys), _seed_label(r, seed_keys),
                              _interval(d.get("ece")), _interval(d.get("ts_ece"))])
     return rows
 
 
-def ece_section(runs: Sequence["Run"], baseline: "Baseline") -> list[str]:
+def ece_section(runs: Sequence[RunResult], baseline: Baseline) -> list[str]:
     """Markdown lines of the section; none when no finished pair has predictions.npz and resamples."""
-    from ls_bench.report import md_table
-    from ls_bench.report_stats import LEVEL, build_groups
-
-    metrics = [m for m in ("test/ece", "test/ece_lo", "test/ece_hi", "test_ts/ece")
-               if any(r.value(m) is not None for r in runs if r.status == "done")]
+    metrics = present(runs, ("test/ece", "test/ece_lo", "test/ece_hi", "test_ts/ece"))
     if "test/ece" not in metrics:
         return []
     groups, keys = build_groups(runs, metrics, baseline)

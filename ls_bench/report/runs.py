@@ -1,4 +1,4 @@
-"""Reading a sweep: a Run per job directory (its config, and final.json, failed.json or how far its
+"""Reading a sweep: a RunResult per job directory (its config, and final.json, failed.json or how far its
 metrics.jsonl got), and the jobs of multirun.yaml that have not started."""
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ from typing import Any, Sequence
 import yaml
 
 from ls_bench.config import flatten
+from ls_bench.files import read_json
+from ls_bench.logs import read_jsonl
 
 
 @dataclass
-class Run:
+class RunResult:
     dir: Path
     config: dict[str, Any]  # flattened: {"loss.epsilon": 0.1, ...}
     status: str  # done | failed | missing
@@ -26,36 +28,50 @@ class Run:
         v = self.final.get(metric)
         return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
+    def predictions(self, split: str = "test") -> tuple[Any, Any] | None:
+        """(logits, int64 labels) of `split` from the run's predictions.npz as torch tensors, or None
+        without the file. Data only: a pickled object array is refused (allow_pickle=False)."""
+        import numpy as np  # numpy and torch: only for the sections that read saved predictions
+        import torch
 
-def read_run(job_dir: Path) -> Run:
-    from ls_bench.files import read_json
-    from ls_bench.logs import read_jsonl
+        path = self.dir / "predictions.npz"
+        if not path.exists():
+            return None
+        with np.load(path, allow_pickle=False) as f:
+            return torch.from_numpy(f[f"{split}_logits"]), torch.from_numpy(f[f"{split}_labels"]).long()
 
+
+def read_run(job_dir: Path) -> RunResult:
     # The config the run recorded when it started, if it did: Hydra rewrites .hydra/config.yaml at
     # every launch, even one that fit() then refuses because the folder holds another config's run.
     info = read_json(job_dir / "run_info.json")
     config = info["config"] if isinstance(info.get("config"), dict) else \
         flatten(yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text()) or {})
     if (job_dir / "final.json").exists():
-        return Run(job_dir, config, "done", json.loads((job_dir / "final.json").read_text()))
+        return RunResult(job_dir, config, "done", json.loads((job_dir / "final.json").read_text()))
     if (job_dir / "failed.json").exists():
         info = json.loads((job_dir / "failed.json").read_text())
         after = f" ({info['epoch']} epochs finished)" if "epoch" in info else ""
-        return Run(job_dir, config, "failed", note=f"{info.get('reason', '?')}{after}")
+        return RunResult(job_dir, config, "failed", note=f"{info.get('reason', '?')}{after}")
     epochs = 0
     if (job_dir / "metrics.jsonl").exists():
         epochs = max((r.get("epoch", 0) for r in read_jsonl(job_dir / "metrics.jsonl")), default=0)
-    return Run(job_dir, config, "missing",
+    return RunResult(job_dir, config, "missing",
                note=f"no final.json or failed.json; {epochs}/{config.get('trainer.epochs', '?')} epochs logged "
                     f"(still running, or killed: relaunch the sweep to resume it)")
 
 
-def find_runs(sweep_dir: Path) -> list[Run]:
+def find_runs(sweep_dir: Path) -> list[RunResult]:
     """Every job directory (one holding .hydra/config.yaml) at or below sweep_dir."""
     return [read_run(p.parent.parent) for p in sorted(sweep_dir.rglob(".hydra/config.yaml"))]
 
 
-def numeric_keys(runs: Sequence[Run]) -> list[str]:
+def present(runs: Sequence[RunResult], metrics: Sequence[str]) -> list[str]:
+    """The metrics, in their order, that are a number in some finished run."""
+    return [m for m in metrics if any(r.value(m) is not None for r in runs if r.status == "done")]
+
+
+def numeric_keys(runs: Sequence[RunResult]) -> list[str]:
     """The final.json keys that hold a number in some finished run, in first-seen order."""
     return list(dict.fromkeys(k for r in runs if r.status == "done" for k in r.final if r.value(k) is not None))
 
@@ -99,7 +115,7 @@ def expected_jobs(sweep_dir: Path) -> int | None:
     return total
 
 
-def problems(runs: Sequence[Run], sweep_dir: Path) -> list[str]:
+def problems(runs: Sequence[RunResult], sweep_dir: Path) -> list[str]:
     lines = [f"{r.status}: {r.dir.relative_to(sweep_dir) if r.dir != sweep_dir else '.'}: {r.note}"
              for r in runs if r.status != "done"]
     expected = expected_jobs(sweep_dir)
