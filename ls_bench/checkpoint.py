@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ls_bench.config import NOT_COMPUTED, Config, flat_json
+from ls_bench.config import NOT_COMPUTED, with_defaults
 from ls_bench.errors import ConfigError, first_line
 from ls_bench.files import atomic_write, read_json
 
@@ -57,10 +57,7 @@ def check_same_run(run_dir: Path, config: dict[str, Any]) -> None:
     if not isinstance(before, dict):
         return  # from a version of ls-bench that did not record its config: nothing to compare
     now = json.loads(json.dumps(config))  # the types a JSON round trip gives (tuples as lists)
-    # A key added to the schema since that run (absent from its record) counts as unchanged while
-    # it has its default: the old run computed exactly that.
-    defaults = flat_json(Config())
-    before = {**{k: v for k, v in defaults.items() if k not in before and now.get(k) == v}, **before}
+    before = with_defaults(before)
     changed = [k for k in sorted(set(before) | set(now))
                if k not in NOT_COMPUTED and (k in before, before.get(k)) != (k in now, now.get(k))]
     if changed:

@@ -15,17 +15,22 @@ from typing import Any, NoReturn, Sequence
 
 import hydra
 from hydra.core.config_store import ConfigStore
-from hydra.experimental.callback import Callback
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.errors import CompactHydraException
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ls_bench.config import Config, validate
-from ls_bench.errors import ConfigError, RunFailed, bad, first_line
+from ls_bench.config import NOT_COMPUTED, Config, validate
+from ls_bench.errors import ConfigError, RunFailed, first_line, invalid
 from ls_bench.signals import ctrl_c_raises
 
 ConfigStore.instance().store(name="ls_bench_schema", node=Config)
+# Job folder names leave out the keys that do not change what a run computes (config.NOT_COMPUTED,
+# one list with check_same_run and the report's grouping) and the given locations (config.yaml):
+# a sweep relaunched with another thread count or data folder resumes its own runs.
+OmegaConf.register_new_resolver("ls_bench_exclude_keys", lambda *extra: [*extra, *sorted(NOT_COMPUTED)],
+                                replace=True)
 
 
 def config_dir() -> str:
@@ -47,23 +52,25 @@ class UserError(CompactHydraException):
 
 
 def to_config(cfg: DictConfig) -> Config:
-    """The typed Config, checked: the registries' names, then the ranges (config.validate)."""
-    from ls_bench.train import check_names  # torch loads after parsing
-
+    """The typed Config with its ranges checked (config.validate); the checks that need the
+    registries run in run.setup, before the data loads."""
     config = OmegaConf.to_object(cfg)
     assert isinstance(config, Config)
-    check_names(config)
     validate(config)
     return config
 
 
 def compose_config(overrides: Sequence[str] = ()) -> Config:
-    """The typed, validated Config exactly as `ls-bench <overrides>` builds it, without running
-    anything (for tests, benchmarks and scripts)."""
+    """The typed Config exactly as `ls-bench <overrides>` builds it, with every check that needs no
+    data (run.check_config) done, without running anything (for tests, benchmarks and scripts)."""
     from hydra import compose, initialize_config_dir
 
+    from ls_bench.run import check_config  # torch loads after parsing
+
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return to_config(compose(config_name="config", overrides=list(overrides)))
+        config = to_config(compose(config_name="config", overrides=list(overrides)))
+    check_config(config)
+    return config
 
 
 def _configure_threads() -> None:
@@ -187,7 +194,7 @@ def _output_dir(key: str, value: str) -> Path:
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as e:
-        _exit(f"ls-bench: error: {bad(key, value, f'must be a folder that can be created and written ({e})')}")
+        _exit(f"ls-bench: error: {invalid(key, value, f'must be a folder that can be created and written ({e})')}")
     return path
 
 

@@ -3,7 +3,7 @@
 YAML files under configs/ hold values; these dataclasses hold the types, so an override
 with a misspelt key or a wrong type fails when Hydra composes the config, before training.
 `validate` adds the range checks a type cannot express; names that registries define (data.name,
-model.name, loss.name) are checked by their registries (data, models, losses) in train.setup,
+model.name, loss.name) are checked by their registries (data, models, losses) in run.setup,
 before the data loads. This module imports neither hydra nor any other ls-bench module but errors.
 """
 
@@ -14,7 +14,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, Dict, List, Optional
 
-from ls_bench.errors import bad
+from ls_bench.errors import invalid
 
 
 @dataclass
@@ -66,11 +66,12 @@ class LossConfig:
 
 @dataclass
 class MixConfig:
-    """mixup / CutMix of training batches (ls_bench.mixing); evaluation never mixes."""
+    """mixup / CutMix of training batches (ls_bench.data.mixing); evaluation never mixes."""
 
     name: str = "none"  # none | mixup | cutmix
     alpha: float = 1.0  # λ ~ Beta(α, α)
-    prob: Optional[float] = None  # probability a batch is mixed; null: mixup 1, cutmix 0.5 (the authors' CIFAR settings)
+    # probability a batch is mixed; null: mixup 1, cutmix 0.5 (the authors' CIFAR settings)
+    prob: Optional[float] = None
 
 
 @dataclass
@@ -117,7 +118,7 @@ class MetricsConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluations beyond the clean test split (ls_bench.evaluation, ls_bench.robustness)."""
+    """Evaluations beyond the clean test split (ls_bench.evaluate.selective, ls_bench.evaluate.shift)."""
 
     corruptions: List[str] = field(default_factory=list)  # CIFAR-10-C names, or [all]; [] = none
     severities: List[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
@@ -177,9 +178,15 @@ def flat_json(cfg: Config) -> dict[str, Any]:
     return json.loads(json.dumps(flat_config(cfg)))
 
 
+def with_defaults(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A flat config recorded in a run_info.json, with the keys added to the schema since that run
+    at their defaults: the old run computed exactly what the default computes."""
+    return {**flat_json(Config()), **recorded}
+
+
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
-        raise bad(key, value, allowed)
+        raise invalid(key, value, allowed)
 
 
 def _finite(x: float) -> bool:
@@ -214,10 +221,18 @@ def _unknown_fields(obj: Any, prefix: str = "") -> list[tuple[str, Any, list[str
 
 
 def validate(cfg: Config) -> None:
-    """Range and name checks that need no data; data-dependent checks live where the data is."""
+    """Range checks that need no data, section by section; the registries check their names
+    (run.check_config) and data-dependent checks live where the data is."""
     for key, value, known in _unknown_fields(cfg)[:1]:
-        raise bad(key, value, f"not a field of the schema; known here: {', '.join(known)}")
-    d, lo, o, s, t = cfg.data, cfg.loss, cfg.optim, cfg.sched, cfg.trainer
+        raise invalid(key, value, f"not a field of the schema; known here: {', '.join(known)}")
+    _validate_loss(cfg.loss)
+    _validate_data(cfg.data)
+    _validate_optim_sched(cfg.optim, cfg.sched, cfg.trainer.epochs)
+    _validate_trainer(cfg.trainer)
+    _validate_metrics_eval(cfg)
+
+
+def _validate_loss(lo: LossConfig) -> None:
     _check(_finite(lo.epsilon) and 0 <= lo.epsilon < 1, "loss.epsilon", lo.epsilon, "must be in [0, 1)")
     _check(_finite(lo.gamma) and lo.gamma >= 0, "loss.gamma", lo.gamma, "must be >= 0")
     _check(_finite(lo.beta) and lo.beta >= 0, "loss.beta", lo.beta, "must be >= 0")
@@ -231,6 +246,9 @@ def validate(cfg: Config) -> None:
            f"is only read with loss=distill (loss={lo.name} would ignore it)")
     _check(lo.name == "distill" or not lo.teacher_select, "loss.teacher_select", dict(lo.teacher_select),
            f"is only read with loss=distill (loss={lo.name} would ignore it)")
+
+
+def _validate_data(d: DataConfig) -> None:
     _check(d.name == "digits" or d.root not in (None, "???", ""), "data.root", d.root,
            f"must be set for data={d.name}, e.g. data.root=path/to/data")
     _check(_split_size(d.val_size) or d.val_size == 0, "data.val_size", _shown(d.val_size), f"must be >= 0: 0 (no "
@@ -244,17 +262,23 @@ def validate(cfg: Config) -> None:
     noise = d.label_noise
     _check(_finite(noise.rate) and 0 <= noise.rate < 1, "data.label_noise.rate", noise.rate, "must be in [0, 1)")
     _check(noise.kind in ("symmetric", "asymmetric"), "data.label_noise.kind", noise.kind, "symmetric or asymmetric")
+
+
+def _validate_optim_sched(o: OptimConfig, s: SchedConfig, epochs: int) -> None:
     _check(o.name == "sgd", "optim.name", o.name, "sgd")
     _check(_finite(o.lr) and o.lr > 0, "optim.lr", o.lr, "must be > 0")
     _check(_finite(o.momentum) and 0 <= o.momentum < 1, "optim.momentum", o.momentum, "must be in [0, 1)")
     _check(not o.nesterov or o.momentum > 0, "optim.nesterov", o.nesterov, "needs optim.momentum > 0")
     _check(_finite(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
-    _check(t.epochs >= 1, "trainer.epochs", t.epochs, "must be >= 1")
+    _check(epochs >= 1, "trainer.epochs", epochs, "must be >= 1")
     _check(s.name in ("cosine", "step", "constant"), "sched.name", s.name, "cosine, step or constant")
-    _check(_finite(s.warmup_epochs) and 0 <= s.warmup_epochs < t.epochs, "sched.warmup_epochs", s.warmup_epochs,
-           f"must be in [0, trainer.epochs={t.epochs})")
+    _check(_finite(s.warmup_epochs) and 0 <= s.warmup_epochs < epochs, "sched.warmup_epochs", s.warmup_epochs,
+           f"must be in [0, trainer.epochs={epochs})")
     _check(_finite(s.gamma) and 0 < s.gamma <= 1, "sched.gamma", s.gamma, "must be in (0, 1]")
     _check(all(0 < m for m in s.milestones), "sched.milestones", list(s.milestones), "epochs must be > 0")
+
+
+def _validate_trainer(t: TrainerConfig) -> None:
     _check(t.batch_size >= 1, "trainer.batch_size", t.batch_size, "must be >= 1")
     _check(t.eval_every >= 1, "trainer.eval_every", t.eval_every, "must be >= 1")
     _check(t.eval_batch_size >= 1, "trainer.eval_batch_size", t.eval_batch_size, "must be >= 1")
@@ -265,6 +289,10 @@ def validate(cfg: Config) -> None:
     _check(t.compile in COMPILE_MODES, "trainer.compile", t.compile,
            "false, true, default, reduce-overhead, max-autotune or max-autotune-no-cudagraphs")
     _check(t.num_threads >= 0, "trainer.num_threads", t.num_threads, "must be >= 0 (0 = automatic)")
+
+
+def _validate_metrics_eval(cfg: Config) -> None:
+    d = cfg.data
     _check(cfg.metrics.n_bins >= 1, "metrics.n_bins", cfg.metrics.n_bins, "must be >= 1")
     _check(cfg.metrics.top_k is None or cfg.metrics.top_k >= 1, "metrics.top_k", cfg.metrics.top_k,
            "must be >= 1 or null")

@@ -24,6 +24,6 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def bad(key: str, value: Any, allowed: str) -> ConfigError:
-    """The one-line error format: the field, the value, what is allowed."""
+def invalid(key: str, value: Any, allowed: str) -> ConfigError:
+    """The one-line error for a bad value, to raise: the field, the value, what is allowed."""
     return ConfigError(f"{key}={value!r} is invalid: {allowed}")

@@ -1,11 +1,11 @@
-"""Training losses, all over one soft-target machinery: build a target distribution q per
+"""Training losses, all over one soft-target machinery: build a target distribution p per
 sample, then one soft cross-entropy, plus optional logit terms.
 
-    target builders  (x, y, g) -> (x, q): smoothing with any prior (`Smoothed`), stochastic
-                     flipping (`Flipped`); mixing (ls_bench.mixing) and a teacher's logits
+    target builders  (x, y, g) -> (x, p): smoothing with any prior (`Smoothed`), stochastic
+                     flipping (`Flipped`); mixing (ls_bench.data.mixing) and a teacher's logits
                      (ls_bench.teacher) compose after them into a `Batch`
     logit transform  LogitNorm's z / (τ·‖z‖₂) before the softmax of the training loss
-    soft CE          -Σ_k w_k q_k log p_k (focal: its (1 - p_k)^γ-modulated form)
+    soft CE          -Σ_k w_k p_k log q_k, q = softmax(z) (focal: its (1 - q_k)^γ-modulated form)
     logit terms      per-sample penalties added to it (the confidence penalty, the MbLS margin)
     distillation     (1-α)·soft CE + α·T²·KL(teacher ‖ student), per sample
     the batch mean   Σ_i per_i / Σ_i w_{y_i}  (the plain mean without class weights)
@@ -37,10 +37,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ls_bench.config import LossConfig
-from ls_bench.errors import ConfigError, bad
+from ls_bench.errors import ConfigError, invalid
 
 if TYPE_CHECKING:
-    from ls_bench.mixing import Mixer
+    from ls_bench.data.mixing import Mixer
     from ls_bench.teacher import Teacher
 
 LOSSES = ("label_smoothing", "label_flip", "focal", "confidence_penalty", "margin", "logit_norm", "distill", "binary")
@@ -52,51 +52,52 @@ WEIGHTS_HELP = "null, balanced or a list of K finite non-negative weights, not a
 def _numbers(key: str, value: Any, allowed: str) -> Tensor:
     """A YAML list of finite numbers as a float64 tensor, or a one-line ConfigError."""
     if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
-        raise bad(key, value, allowed)
+        raise invalid(key, value, allowed)
     try:
         x = torch.tensor([float(v) for v in value if not isinstance(v, bool)], dtype=torch.float64)
     except (TypeError, ValueError):
-        raise bad(key, list(value), allowed) from None
+        raise invalid(key, list(value), allowed) from None
     if len(x) != len(value) or not bool(torch.isfinite(x).all()) or (x < 0).any():
-        raise bad(key, list(value), allowed)
+        raise invalid(key, list(value), allowed)
     return x
 
 
 def _prior_list(prior: Any) -> Tensor:
     u = _numbers("loss.prior", prior, PRIOR_HELP)
     if abs(float(u.sum()) - 1) > 1e-6:
-        raise bad("loss.prior", list(prior), f"entries must sum to 1 (they sum to {float(u.sum()):.6g})")
+        raise invalid("loss.prior", list(prior), f"entries must sum to 1 (they sum to {float(u.sum()):.6g})")
     return u / u.sum()  # exact normalisation after the tolerance check: 0.1 × 10 sums to 0.9999999999999999
 
 
 def _weight_list(weights: Any) -> Tensor:
     w = _numbers("loss.class_weights", weights, WEIGHTS_HELP)
     if not w.sum() > 0:
-        raise bad("loss.class_weights", list(weights), WEIGHTS_HELP)
+        raise invalid("loss.class_weights", list(weights), WEIGHTS_HELP)
     return w
 
 
 def check_loss(cfg: LossConfig) -> None:
     """The checks that need no data (name, prior and weight syntax); K-dependent ones are in make_criterion."""
     if cfg.name not in LOSSES:
-        raise bad("loss.name", cfg.name, f"one of {list(LOSSES)}")
+        raise invalid("loss.name", cfg.name, f"one of {list(LOSSES)}")
     if isinstance(cfg.prior, str):
         if cfg.prior not in PRIORS:
-            raise bad("loss.prior", cfg.prior, PRIOR_HELP)
+            raise invalid("loss.prior", cfg.prior, PRIOR_HELP)
     else:
         _prior_list(cfg.prior)
     if isinstance(cfg.class_weights, str):
         if cfg.class_weights != "balanced":
-            raise bad("loss.class_weights", cfg.class_weights, WEIGHTS_HELP)
+            raise invalid("loss.class_weights", cfg.class_weights, WEIGHTS_HELP)
     elif cfg.class_weights is not None:
         _weight_list(cfg.class_weights)
     if cfg.name == "binary":
         # y' = (1-ε)y + ε(1-y) puts all of ε on the other class: that is the `others` prior at K = 2.
         if cfg.prior != "others":
-            raise bad("loss.prior", cfg.prior, "must be 'others' with loss=binary, whose target is y' = (1-ε)y + "
-                                               "ε(1-y) (uniform prior at 2ε); or use loss=label_smoothing on 2 classes")
+            raise invalid("loss.prior", cfg.prior, "must be 'others' with loss=binary, whose target is "
+                                                   "y' = (1-ε)y + ε(1-y) (uniform prior at 2ε); or use "
+                                                   "loss=label_smoothing on 2 classes")
         if cfg.class_weights is not None:
-            raise bad("loss.class_weights", cfg.class_weights, "null with loss=binary")
+            raise invalid("loss.class_weights", cfg.class_weights, "null with loss=binary")
 
 
 def prior_vector(prior: Any, num_classes: int, class_counts: Tensor | None = None) -> Tensor | None:
@@ -111,10 +112,10 @@ def prior_vector(prior: Any, num_classes: int, class_counts: Tensor | None = Non
             raise ValueError("class_prior needs the training class counts")
         return class_counts.double().div(class_counts.sum()).float()
     if isinstance(prior, str):
-        raise bad("loss.prior", prior, PRIOR_HELP)
+        raise invalid("loss.prior", prior, PRIOR_HELP)
     u = _prior_list(prior)
     if len(u) != K:
-        raise bad("loss.prior", list(prior), f"a list of K={K} probabilities, one per class (got {len(u)})")
+        raise invalid("loss.prior", list(prior), f"a list of K={K} probabilities, one per class (got {len(u)})")
     return u.float()
 
 
@@ -125,11 +126,11 @@ def class_weight_vector(weights: Any, num_classes: int, class_counts: Tensor) ->
     if weights == "balanced":
         return (class_counts.sum() / (num_classes * class_counts.clamp_min(1))).float()
     if isinstance(weights, str):
-        raise bad("loss.class_weights", weights, WEIGHTS_HELP)
+        raise invalid("loss.class_weights", weights, WEIGHTS_HELP)
     w = _weight_list(weights)
     if len(w) != num_classes:
-        raise bad("loss.class_weights", list(weights), f"a list of K={num_classes} weights, one per class "
-                                                       f"(got {len(w)})")
+        raise invalid("loss.class_weights", list(weights), f"a list of K={num_classes} weights, one per class "
+                                                           f"(got {len(w)})")
     return w.float()
 
 
@@ -153,12 +154,12 @@ def as_multiclass(logits: Tensor) -> Tensor:
     return torch.cat([torch.zeros_like(logits), logits], dim=1) if logits.shape[1] == 1 else logits
 
 
-# --- target builders: (x, y, g) -> (x, q) --------------------------------------------------------
+# --- target builders: (x, y, g) -> (x, p) --------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Smoothed:
-    """Label smoothing: q = p' = (1-ε)·onehot(y) + ε·u (ε = 0: one-hot)."""
+    """Label smoothing: p' = (1-ε)·onehot(y) + ε·u (ε = 0: one-hot)."""
 
     num_classes: int
     epsilon: float
@@ -177,7 +178,7 @@ class Smoothed:
 
 @dataclass(frozen=True)
 class Flipped(Smoothed):
-    """Stochastic label flipping: q = onehot(ỹ), ỹ a draw from u with probability ε, else y.
+    """Stochastic label flipping: p = onehot(ỹ), ỹ a draw from u with probability ε, else y.
     E[onehot(ỹ)] = p', so the expected loss is the label-smoothing loss with the same u and ε."""
 
     def flip(self, labels: Tensor, g: torch.Generator) -> Tensor:
@@ -193,18 +194,19 @@ class Flipped(Smoothed):
 # --- the soft cross-entropy and the logit terms ---------------------------------------------------
 
 
-def soft_ce_per_sample(logq: Tensor, q: Tensor, weight: Tensor | None = None, gamma: float = 0.0) -> Tensor:
-    """-Σ_k w_k q_k (1 - p_k)^γ log p_k per sample, [B]; γ = 0 is the soft cross-entropy.
+def soft_ce_per_sample(logq: Tensor, p: Tensor, weight: Tensor | None = None, gamma: float = 0.0) -> Tensor:
+    """-Σ_k w_k p_k (1 - q_k)^γ log q_k per sample, [B], for the target p and the model's log q = log_softmax(z);
+    γ = 0 is the soft cross-entropy.
 
     Class weights scale every term of the target, both LS terms included (PyTorch's convention).
-    Focal loss (Lin et al. 2017, eq. 4 without α) is γ > 0: 1 - p as -expm1(log p) (exact near
-    p = 1), floored, since d(x^γ)/dx is infinite at x = 0 for γ < 1 and a confidently right
-    sample (p = 1 in float32) would make the gradient NaN.
+    Focal loss (Lin et al. 2017, eq. 4 without α) is γ > 0: 1 - q as -expm1(log q) (exact near
+    q = 1), floored, since d(x^γ)/dx is infinite at x = 0 for γ < 1 and a confidently right
+    sample (q = 1 in float32) would make the gradient NaN.
     """
-    wq = q if weight is None else q * weight
+    wp = p if weight is None else p * weight
     if gamma:
-        return -(wq * (-torch.expm1(logq)).clamp_min(1e-12).pow(gamma) * logq).sum(1)
-    return -(wq * logq).sum(1)
+        return -(wp * (-torch.expm1(logq)).clamp_min(1e-12).pow(gamma) * logq).sum(1)
+    return -(wp * logq).sum(1)
 
 
 def batch_mean(per: Tensor, labels: Tensor, weight: Tensor | None) -> Tensor:
@@ -212,13 +214,6 @@ def batch_mean(per: Tensor, labels: Tensor, weight: Tensor | None) -> Tensor:
     labels, also for label_flip: then E_flip[loss] equals the weighted LS loss exactly
     (F.cross_entropy(weight=w) on ỹ would divide by Σ w_ỹ, a biased ratio)."""
     return per.mean() if weight is None else per.sum() / weight[labels].sum()
-
-
-def soft_cross_entropy(logits: Tensor, q: Tensor, labels: Tensor | None = None,
-                       weight: Tensor | None = None) -> Tensor:
-    """The batch loss -Σ_i Σ_k w_k q_ik log p_ik / Σ_i w_{y_i}; labels are needed with weights."""
-    per = soft_ce_per_sample(F.log_softmax(logits.float(), dim=1), q, weight)
-    return batch_mean(per, labels, weight) if weight is not None else per.mean()
 
 
 @dataclass(frozen=True)
@@ -290,7 +285,7 @@ class Batch(NamedTuple):
     """A training batch as the loss sees it (Criterion.targets)."""
 
     x: Tensor  # the model's input, [B, C, H, W] (mixed when the run mixes)
-    q: Tensor  # the target distribution per sample, [B, K]
+    p: Tensor  # the target distribution per sample, [B, K]
     labels: Tensor  # the given labels, [B]: class weights' denominator Σ_i w_{y_i}
     acc_labels: Tensor  # what training accuracy counts against: the dominant label of a mixed pair
     teacher: Tensor | None = None  # loss=distill: the teacher's logits on x, [B, K]
@@ -336,27 +331,27 @@ class Criterion:
         """The batch the loss sees: targets from the labels (g: label_flip's draws), mixed with a
         partner (mix_g: the data seed's stream), then the teacher's logits on what the model sees
         (idx: the samples' positions in the training split, for the teacher's cache)."""
-        x, q = self.target(x, labels, g)
+        x, p = self.target(x, labels, g)
         acc_labels = labels
         if self.mixer is not None:
-            from ls_bench.mixing import dominant
+            from ls_bench.data.mixing import dominant
 
-            mixed = self.mixer(x, q, mix_g)
-            x, q, acc_labels = mixed.x, mixed.t, dominant(labels, mixed.lam, mixed.perm)
+            mixed = self.mixer(x, p, mix_g)
+            x, p, acc_labels = mixed.x, mixed.p, dominant(labels, mixed.lam, mixed.perm)
             idx = None if mixed.lam < 1 else idx  # a mixed batch is new images: no cached teacher logits
         teacher = self.teacher(x, idx) if self.teacher is not None else None
-        return Batch(x, q, labels, acc_labels, teacher)
+        return Batch(x, p, labels, acc_labels, teacher)
 
     def loss(self, logits: Tensor, batch: Batch) -> Tensor:
         """The batch loss; logits [B, K] ([B, 1] for binary)."""
-        q, labels = batch.q, batch.labels
+        p, labels = batch.p, batch.labels
         if self.binary:
-            # Binary LS, label-noise convention: y' = (1-ε)y + ε(1-y) = q[:, 1] (prior `others` at
+            # Binary LS, label-noise convention: y' = (1-ε)y + ε(1-y) = p[:, 1] (prior `others` at
             # K = 2), one sigmoid output z; equals softmax LS on logits [0, z] at uniform 2ε.
-            return F.binary_cross_entropy_with_logits(logits.float().squeeze(1), q[:, 1])
+            return F.binary_cross_entropy_with_logits(logits.float().squeeze(1), p[:, 1])
         z = logits.float() if self.logit_norm is None else self.logit_norm(logits.float())
         logq = F.log_softmax(z, dim=1)
-        per = soft_ce_per_sample(logq, q, self.weight, self.gamma)
+        per = soft_ce_per_sample(logq, p, self.weight, self.gamma)
         for term in self.penalties:
             per = per + term(logits, logq, labels, self.weight)
         if self.distill is not None:
@@ -368,8 +363,8 @@ class Criterion:
         if self.distill is not None:
             raise TypeError("a distillation criterion needs the teacher's logits: call criterion.loss(logits, "
                             "criterion.targets(x, labels, g, mix_g, idx))")
-        _, q = self.target(logits, labels, g)
-        return self.loss(logits, Batch(logits, q, labels, labels))
+        _, p = self.target(logits, labels, g)
+        return self.loss(logits, Batch(logits, p, labels, labels))
 
     def to(self, device: torch.device) -> "Criterion":
         """Every constant tensor on `device`, once (a per-step copy would wait for the GPU's queue)."""
@@ -389,7 +384,7 @@ def make_criterion(cfg: LossConfig, num_classes: int, class_counts: Tensor, mixe
                    teacher: "Teacher | None" = None) -> Criterion:
     """Build and check the loss for a dataset with `num_classes` classes; errors are one line.
     The ranges that need no data (ε, γ, β, m, λ, τ, α, T) are checked once, in config.validate;
-    mixer (ls_bench.mixing.make_mixer) and teacher (ls_bench.teacher.load_teacher) come built."""
+    mixer (ls_bench.data.mixing.make_mixer) and teacher (ls_bench.teacher.load_teacher) come built."""
     if cfg.name == "binary" and num_classes != 2:
         raise ConfigError(f"loss.name='binary' needs 2 classes but the data has {num_classes}; "
                           f"pick two with data.classes=[a,b]")

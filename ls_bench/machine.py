@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ls_bench.errors import bad
+from ls_bench.errors import invalid
 
 
 def cpu_features() -> str:
@@ -41,12 +41,12 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise bad("trainer.device", name, "auto or cpu: no CUDA device is available here")
+        raise invalid("trainer.device", name, "auto or cpu: no CUDA device is available here")
     if name.startswith("cuda:"):
         n = torch.cuda.device_count()
         index = name.split(":", 1)[1]
         if not (index.isdigit() and int(index) < n):
-            raise bad("trainer.device", name, f"cuda or cuda:0 ... cuda:{n - 1} on this machine")
+            raise invalid("trainer.device", name, f"cuda or cuda:0 ... cuda:{n - 1} on this machine")
     return torch.device(name)
 
 
@@ -72,7 +72,7 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
             return torch.bfloat16 if gpu_has_bf16(device) else torch.float16
         return torch.bfloat16 if cpu_has_bf16() else None
     if name == "fp16" and device.type == "cpu":
-        raise bad("trainer.precision", name, "bf16, fp32 or auto on the CPU (fp16 autocast is for CUDA)")
+        raise invalid("trainer.precision", name, "bf16, fp32 or auto on the CPU (fp16 autocast is for CUDA)")
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
@@ -133,7 +133,8 @@ def is_out_of_memory(e: BaseException) -> bool:
         return True
     text = str(e)
     return isinstance(e, RuntimeError) and any(s in text for s in (
-        "CUDA out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED", "CUDNN_STATUS_NOT_INITIALIZED"))
+        "CUDA out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
+        "CUDNN_STATUS_NOT_INITIALIZED"))
 
 
 def release_failed_run(e: BaseException | None) -> None:

@@ -13,7 +13,6 @@ mode; without augmentation or mixing its logits over the training split are comp
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -21,13 +20,14 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import Tensor, nn
 
-from ls_bench.config import Config, flat_json, flatten
-from ls_bench.errors import ConfigError, bad
+from ls_bench.config import Config, flat_json, flatten, with_defaults
+from ls_bench.errors import ConfigError, invalid
 from ls_bench.files import read_json
 from ls_bench.models import outputs_fp32_head
 
 if TYPE_CHECKING:
-    from ls_bench.data import Dataset, Normalize
+    from ls_bench.data import Dataset
+    from ls_bench.data.loader import Normalize
 
 # What a teacher must share with its student: the same inputs, the same classes, and the same
 # held-out images (the split seed and sizes), so the teacher never trained on the student's
@@ -38,24 +38,14 @@ MUST_MATCH_WITHOUT_TEST_SPLIT = ("data.test_size",)
 NO_TEST_SPLIT = ("digits",)
 
 
-def run_info(run_dir: Path) -> dict[str, Any]:
-    """The run's run_info.json ({} when it is missing or unreadable)."""
-    try:
-        info = read_json(run_dir / "run_info.json")
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return info if isinstance(info, dict) else {}
-
-
 def recorded_config(run_dir: Path, info: dict[str, Any] | None = None) -> dict[str, Any]:
     """The flat config a run recorded when it started (in `info`, its run_info.json, read here when
-    not given), keys added to the schema since then at their defaults (as checkpoint.check_same_run
-    reads them)."""
-    config = (run_info(run_dir) if info is None else info).get("config")
+    not given), keys added to the schema since then at their defaults (config.with_defaults)."""
+    config = (read_json(run_dir / "run_info.json") if info is None else info).get("config")
     if not isinstance(config, dict):
         raise ConfigError(f"loss.teacher: {run_dir}/run_info.json has no recorded config (not an ls-bench run, or "
                           f"one from a version before 0.1)")
-    return {**flat_json(Config()), **config}
+    return with_defaults(config)
 
 
 def finished(run_dir: Path) -> bool:
@@ -72,8 +62,8 @@ def wanted_keys(cfg: Config, known: set[str], sweep: bool) -> dict[str, Any]:
         key = f"{key}.name" if key not in known and f"{key}.name" in known else key
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=3)
-            raise bad(f"loss.teacher_select.{key}", value, "is not a config key of the teacher runs"
-                      + (f"; did you mean {', '.join(close)}?" if close else ""))
+            raise invalid(f"loss.teacher_select.{key}", value, "is not a config key of the teacher runs"
+                          + (f"; did you mean {', '.join(close)}?" if close else ""))
         wanted[key] = value
     if sweep and cfg.loss.teacher_same_seed:
         wanted.setdefault("seed", cfg.seed)
@@ -85,15 +75,15 @@ def find_teacher(cfg: Config) -> Path:
     run below it with every key of teacher_select (and, with teacher_same_seed, the student's seed)."""
     lo = cfg.loss
     if lo.teacher in (None, ""):
-        raise bad("loss.teacher", lo.teacher, "must name a finished ls-bench run's folder (or a sweep folder of them) "
-                                              "with loss=distill")
+        raise invalid("loss.teacher", lo.teacher,
+                      "must name a finished ls-bench run's folder (or a sweep folder of them) with loss=distill")
     root = Path(lo.teacher).expanduser()
     if not root.is_dir():
-        raise bad("loss.teacher", lo.teacher, "must be an existing folder: a finished run's, or a sweep's")
+        raise invalid("loss.teacher", lo.teacher, "must be an existing folder: a finished run's, or a sweep's")
     sweep = not (root / "run_info.json").is_file()
     runs = sorted(p.parent for p in root.rglob("run_info.json")) if sweep else [root]
     if not runs:
-        raise bad("loss.teacher", lo.teacher, "holds no ls-bench run (no run_info.json in it or below it)")
+        raise invalid("loss.teacher", lo.teacher, "holds no ls-bench run (no run_info.json in it or below it)")
     configs = {r: recorded_config(r) for r in runs}
     wanted = wanted_keys(cfg, {k for c in configs.values() for k in c}, sweep)
     chosen = [r for r in runs if all(configs[r].get(k) == v for k, v in wanted.items())]
@@ -119,9 +109,9 @@ def check_teacher(cfg: Config) -> Path:
 
     run_dir = find_teacher(cfg)
     if not (run_dir / "final.json").is_file():
-        raise bad("loss.teacher", str(run_dir), "has not finished (no final.json): train the teacher first")
+        raise invalid("loss.teacher", str(run_dir), "has not finished (no final.json): train the teacher first")
     if not (run_dir / "last.pt").is_file():
-        raise bad("loss.teacher", str(run_dir), "has no last.pt (trainer.checkpoint=false?): it cannot be rebuilt")
+        raise invalid("loss.teacher", str(run_dir), "has no last.pt (trainer.checkpoint=false?): it cannot be rebuilt")
     config, student = recorded_config(run_dir), flat_json(cfg)
     keys = MUST_MATCH + (MUST_MATCH_WITHOUT_TEST_SPLIT if cfg.data.name in NO_TEST_SPLIT else ())
     for key in keys:
@@ -130,8 +120,8 @@ def check_teacher(cfg: Config) -> Path:
                               f"student has {key}={student[key]}; a teacher must see the student's inputs and classes, "
                               f"and never its validation or test images")
     if config.get("loss.name") == "binary":
-        raise bad("loss.teacher", str(run_dir), "was trained with loss=binary (one sigmoid output); distillation needs "
-                                                "a softmax teacher")
+        raise invalid("loss.teacher", str(run_dir), "was trained with loss=binary (one sigmoid output); "
+                                                    "distillation needs a softmax teacher")
     try:
         check_model(config.get("model.name"))
     except ConfigError as e:
@@ -197,8 +187,8 @@ def teacher_stats(info: dict[str, Any], tcfg: Config, cfg: Config) -> tuple[tupl
     from ls_bench.config import LabelNoiseConfig
     from ls_bench.data import load_dataset
 
-    data = replace(tcfg.data, root=tcfg.data.root if tcfg.data.root and Path(tcfg.data.root).is_dir() else cfg.data.root,
-                   cache_dir=cfg.data.cache_dir, label_noise=LabelNoiseConfig())
+    root = tcfg.data.root if tcfg.data.root and Path(tcfg.data.root).is_dir() else cfg.data.root
+    data = replace(tcfg.data, root=root, cache_dir=cfg.data.cache_dir, label_noise=LabelNoiseConfig())
     ds = load_dataset(data)
     return ds.mean, ds.std
 
@@ -208,7 +198,7 @@ def rebuild_model(run_dir: Path, info: dict[str, Any], tcfg: Config, ds: "Datase
     from ls_bench.checkpoint import CheckpointError, load_checkpoint
     from ls_bench.models import build_model
 
-    shape = info.get("image_shape")  # recorded since the rivals landed
+    shape = info.get("image_shape")  # absent from the records of older runs
     if shape is not None and list(shape) != list(ds.train.x.shape[1:]):
         raise ConfigError(f"loss.teacher={run_dir}: the teacher was trained on images of shape {list(shape)}, the "
                           f"student's are {list(ds.train.x.shape[1:])}")
@@ -232,9 +222,9 @@ def load_teacher(run_dir: Path, cfg: Config, ds: "Dataset", norm: "Normalize", d
                  amp: Callable[[], contextlib.AbstractContextManager]) -> Teacher:
     """The teacher in run_dir (as check_teacher returned it), rebuilt, on the device, in eval mode;
     its training-split logits cached when the student neither augments nor mixes."""
-    from ls_bench.data import eval_batches
+    from ls_bench.data.loader import eval_batches
 
-    info = run_info(run_dir)
+    info = read_json(run_dir / "run_info.json")
     tcfg = teacher_config(run_dir, info)
     model = rebuild_model(run_dir, info, tcfg, ds).to(device).eval().requires_grad_(False)
     if cfg.trainer.channels_last:

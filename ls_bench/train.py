@@ -1,9 +1,10 @@
-"""The training loop: train_one_epoch, predict, evaluate, fit. Plain functions, read top to bottom.
+"""The training loop: train_one_epoch, evaluate, fit. Plain functions, read top to bottom.
 
 fit() owns a run directory: it resumes from last.pt when one is there, skips the run when
 final.json is there, logs every epoch, and writes final.json (or failed.json) at the end.
-Operational code lives in rooms of its own: machine (device, precision, threads), signals
-(stopping), checkpoint (last.pt), files (atomic writes), logs (TensorBoard + JSON).
+setup() (ls_bench.run) builds the run's state; finish() (ls_bench.finish) ends it. Operational
+code lives in rooms of its own: machine (device, precision, threads), signals (stopping),
+checkpoint (last.pt), files (atomic writes), logs (TensorBoard + JSON).
 """
 
 from __future__ import annotations
@@ -12,104 +13,44 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import platform
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from ls_bench import __version__
-from ls_bench.calibration import fit_temperature
-from ls_bench.checkpoint import CheckpointError, check_same_run, load_checkpoint, restore_training_state, save_checkpoint
-from ls_bench.config import Config, SchedConfig, flat_config
-from ls_bench.data import Dataset, Normalize, Split, check_dataset, eval_batches, load_dataset, train_batches
-from ls_bench.errors import RunFailed, bad, first_line
-from ls_bench.files import atomic_write, write_json
+from ls_bench.checkpoint import (
+    CheckpointError,
+    check_same_run,
+    load_checkpoint,
+    restore_training_state,
+    save_checkpoint,
+)
+from ls_bench.config import Config, flat_config
+from ls_bench.data.loader import train_batches
+from ls_bench.errors import RunFailed, first_line
+from ls_bench.evaluate.metrics import compute_metrics
+from ls_bench.files import write_json
+from ls_bench.finish import finish
 from ls_bench.logs import RunLogger, truncate_jsonl
-from ls_bench.losses import Criterion, as_multiclass, check_loss, make_criterion
-from ls_bench.machine import (PRECISIONS, autocast, configure_backends, git_commit, is_out_of_memory,
-                              precision_name, resolve_device, resolve_precision, set_threads, tune_allocator)
-from ls_bench.metrics import compute_metrics, default_top_k
-from ls_bench.mixing import check_mix, check_mix_with_loss, make_mixer
-from ls_bench.models import build_model, check_model, outputs_fp32_head
-from ls_bench.robustness import check_eval, check_eval_against_data, ood_results, shift_metrics
-from ls_bench.evaluation import evaluate_split
-from ls_bench.seeds import derive_seed, run_seeds
-from ls_bench.signals import Interrupted, StopFlag, stop_on_signals
-from ls_bench.teacher import check_teacher, find_teacher, load_teacher
-
-__all__ = ["CheckpointError", "Interrupted", "RunFailed", "fit", "lr_factor", "predict", "train_one_epoch"]
+from ls_bench.losses import as_multiclass
+from ls_bench.machine import PRECISIONS, git_commit, is_out_of_memory, precision_name
+from ls_bench.run import Run, setup
+from ls_bench.seeds import derive_seed
+from ls_bench.signals import StopFlag, stop_on_signals
 
 log = logging.getLogger(__name__)
 
 NAN_CHECK_EVERY = 20  # steps between host reads of the loss (NaN check, progress bar): no per-step sync
 
 
-# --- schedule ----------------------------------------------------------------------------------
-
-
-def lr_factor(step: int, steps_per_epoch: int, epochs: int, sched: SchedConfig) -> float:
-    """The learning-rate multiplier at optimizer step `step`: a pure function of the step.
-
-    Linear warm-up over `warmup_epochs`, then cosine to 0, or ×gamma at each milestone epoch.
-    """
-    total = steps_per_epoch * epochs
-    warm = round(sched.warmup_epochs * steps_per_epoch)
-    if step < warm:
-        return (step + 1) / warm
-    if sched.name == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-    if sched.name == "step":
-        epoch = step / steps_per_epoch
-        return sched.gamma ** sum(epoch >= m for m in sched.milestones)
-    return 1.0
-
-
-# --- what a run holds ----------------------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    """One run's model, data, loss and optimiser state, built once by setup() and handed to the
-    loop's functions instead of a dozen arguments each."""
-
-    cfg: Config
-    ds: Dataset
-    criterion: Criterion
-    model: nn.Module  # eager: evaluation, checkpoints
-    train_model: nn.Module  # what the training step calls (torch.compile'd or the same module)
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-    norm: Normalize
-    device: torch.device
-    amp_dtype: torch.dtype | None  # None: fp32
-    seeds: dict[str, int]
-    steps: int  # optimizer steps per epoch
-    top_k: int | None
-    machine: dict[str, Any] = field(default_factory=dict)  # threads, allocator: for run_info.json
-    backends: dict[str, Any] = field(default_factory=dict)  # TF32, determinism: for run_info.json
-
-    def loss_generator(self, seed: int) -> torch.Generator:
-        """label_flip's random numbers: on the run's device, or the CPU for exact reruns on CUDA."""
-        where = "cpu" if self.cfg.trainer.deterministic else self.device
-        return torch.Generator(where).manual_seed(seed)
-
-    def amp(self) -> contextlib.AbstractContextManager:
-        return autocast(self.device, self.amp_dtype)
-
-    def training_state(self) -> dict[str, Any]:
-        """What last.pt holds besides the epoch and history, by name (load_state_dict targets)."""
-        return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler}
-
-
-# --- one epoch, inference --------------------------------------------------------------------
+# --- one epoch, evaluation ------------------------------------------------------------------------
 
 
 def train_one_epoch(run: Run, batches: Iterable[tuple[Tensor, Tensor, Tensor]], g: torch.Generator,
@@ -123,7 +64,7 @@ def train_one_epoch(run: Run, batches: Iterable[tuple[Tensor, Tensor, Tensor]], 
     correct = torch.zeros((), device=run.device, dtype=torch.long)
     first_bad = torch.full((), -1, device=run.device, dtype=torch.long)  # first step with a non-finite loss
     seen, order, progress = 0, [], run.cfg.trainer.progress
-    bar = tqdm(batches, total=run.steps, desc=desc, leave=False, disable=not progress)
+    bar = tqdm(batches, total=run.steps_per_epoch, desc=desc, leave=False, disable=not progress)
     for step, (x, y, idx) in enumerate(bar):
         StopFlag.check(f"at step {step} of the epoch")
         order.append(idx)
@@ -153,20 +94,6 @@ def train_one_epoch(run: Run, batches: Iterable[tuple[Tensor, Tensor, Tensor]], 
     return {"train/loss": loss_sum.item() / seen, "train/acc": correct.item() / seen, "data/order_sha": order_sha}
 
 
-@torch.inference_mode()
-def predict(model: nn.Module, split: Split, batch_size: int, norm: Normalize,
-            amp: contextlib.AbstractContextManager, features: bool = False) -> Tensor:
-    """Logits (or penultimate features) of a whole split, float32 on the CPU, in large batches.
-
-    The body runs under `amp` (bf16/fp16 autocast), the last layer in float32 outside it: logits
-    rounded to bf16 (8 bits of mantissa) would put their rounding into NLL, ECE and the fitted
-    temperature."""
-    model.eval()
-    out = [outputs_fp32_head(model, x, amp, features) for x, _ in eval_batches(split, batch_size, norm)]
-    z = torch.cat(out).cpu() if out else torch.empty(0, 0)
-    return z if features else as_multiclass(z)
-
-
 def evaluate(run: Run) -> tuple[dict[str, float], dict[str, Tensor]]:
     """`val/*` and `test/*` metrics of the model now, and each split's logits."""
     metrics: dict[str, float] = {}
@@ -174,85 +101,16 @@ def evaluate(run: Run) -> tuple[dict[str, float], dict[str, Tensor]]:
     for s in ("val", "test"):
         split = getattr(run.ds, s)
         if len(split):
-            z = logits[s] = predict(run.model, split, run.cfg.trainer.eval_batch_size, run.norm, run.amp())
+            z = logits[s] = run.predict(split)
             m = compute_metrics(z, split.y.cpu(), run.cfg.metrics.n_bins, run.top_k)
             metrics.update({f"{s}/{k}": v for k, v in m.items()})
     return metrics, logits
 
 
-# --- set-up ------------------------------------------------------------------------------------
+# --- the run -----------------------------------------------------------------------------------
 
 
-def check_names(cfg: Config) -> None:
-    """The names the registries define (data.name, model.name, loss.name and its prior / weight
-    syntax); the CLI calls it when it builds the config, setup() before the data loads."""
-    check_dataset(cfg.data.name)
-    check_model(cfg.model.name)
-    check_loss(cfg.loss)
-    check_mix(cfg.mix.name, cfg.mix.alpha, cfg.mix.prob)
-    check_mix_with_loss(cfg.mix.name, cfg.loss.name, cfg.mix.alpha, cfg.mix.prob)
-    if cfg.loss.name == "distill":
-        check_teacher(cfg)
-    check_eval(cfg)
-
-
-def setup(cfg: Config) -> Run:
-    """Everything that can fail on bad input, done before any training starts."""
-    check_names(cfg)
-    threads = set_threads(cfg.trainer.num_threads)
-    allocator_tuned = tune_allocator()
-    device = resolve_device(cfg.trainer.device)
-    amp_dtype = resolve_precision(cfg.trainer.precision, device)
-    seeds = run_seeds(cfg)
-    ds = load_dataset(cfg.data, seeds["noise"])
-    check_metrics_against_data(cfg, ds)
-    check_eval_against_data(cfg, ds.test, ds.num_classes)
-    backends = configure_backends(device, amp_dtype, cfg.trainer.deterministic)
-    ds = ds.to(device)
-    norm = Normalize(ds.mean, ds.std, device, cfg.trainer.channels_last)
-    mixer = make_mixer(cfg.mix.name, cfg.mix.alpha, cfg.mix.prob) if cfg.mix.name != "none" else None
-    teacher = (load_teacher(find_teacher(cfg), cfg, ds, norm, device, lambda: autocast(device, amp_dtype))
-               if cfg.loss.name == "distill" else None)
-    criterion = make_criterion(cfg.loss, ds.num_classes, ds.class_counts(), mixer, teacher).to(device)
-
-    torch.manual_seed(seeds["init"])  # initial weights depend on the init seed only, never on ε
-    model = build_model(cfg.model.name, ds.in_channels, criterion.num_outputs, ds.image_size).to(device)
-    if cfg.trainer.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    o, t = cfg.optim, cfg.trainer
-    optimizer = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
-                                weight_decay=o.weight_decay)
-    steps = max(1, len(ds.train) // t.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, t.epochs, cfg.sched))
-    return Run(cfg, ds, criterion, model, compiled(model, t.compile), optimizer, scheduler,
-               torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
-               norm, device, amp_dtype, seeds, steps,
-               default_top_k(ds.num_classes, cfg.metrics.top_k),
-               {"threads": threads, "allocator_tuned": allocator_tuned}, backends)
-
-
-def compiled(model: nn.Module, mode: Any) -> nn.Module:
-    """trainer.compile: false (eager), true (torch.compile's default) or a torch.compile mode;
-    "reduce-overhead" captures CUDA graphs, which pays off for small models on a GPU (a ResNet-20
-    step is a few hundred tiny kernels). Shapes are static: every training batch has the same size
-    (drop_last). Evaluation stays eager."""
-    if mode is False:
-        return model
-    return torch.compile(model) if mode is True else torch.compile(model, mode=mode)
-
-
-def check_metrics_against_data(cfg: Config, ds: Dataset) -> None:
-    """The metric settings that need K: top_k and the classes of penultimate.png."""
-    K, name = ds.num_classes, cfg.data.name
-    if cfg.metrics.top_k is not None and cfg.metrics.top_k > K:
-        raise bad("metrics.top_k", cfg.metrics.top_k, f"must be <= the {K} classes of {name}")
-    pc = list(cfg.metrics.penultimate_classes)
-    if cfg.metrics.figures and K >= 3 and max(pc) >= K:
-        raise bad("metrics.penultimate_classes", pc, f"labels must be < the {K} classes of {name} "
-                  f"(after data.classes renumbering)")
-
-
-def run_info(run: Run, config: dict[str, Any]) -> dict[str, Any]:
+def build_run_info(run: Run, config: dict[str, Any]) -> dict[str, Any]:
     """run_info.json: what ran, where, with which seeds and data sizes."""
     ds, cfg = run.ds, run.cfg
     # Fingerprint of the initial weights: runs that differ only in the loss must show the same one.
@@ -280,9 +138,6 @@ def log_start(run: Run, info: dict[str, Any]) -> None:
     log.info("%s: %d train / %d val / %d test, %d classes; %s on %s (%s, %d threads); target for class 0: %s",
              cfg.data.name, len(ds.train), len(ds.val), len(ds.test), ds.num_classes, cfg.model.name, run.device,
              info["precision"], info["threads"], [round(v, 4) for v in target.tolist()])
-
-
-# --- the run -----------------------------------------------------------------------------------
 
 
 @dataclass
@@ -316,7 +171,7 @@ def fit(cfg: Config, run_dir: Path) -> dict[str, Any]:
     ckpt, progress = run_dir / "last.pt", Progress([], 0)
     with recording_failure(run_dir, progress, t0, only_oom=True):  # from the first device allocation on
         run = setup(cfg)
-        info = run_info(run, config)
+        info = build_run_info(run, config)
         if ckpt.exists():
             run, (progress.saved_epoch, progress.history) = resume(run, ckpt)
     start_epoch, history = progress.saved_epoch, progress.history
@@ -397,7 +252,7 @@ def run_epoch(run: Run, epoch: int, logits: dict[str, Tensor]) -> tuple[dict[str
         raise RunFailed(f"epoch {epoch + 1}: {e}") from None
     train_s = time.perf_counter() - t_ep
     m["lr"] = lr
-    m["perf/train_img_per_s"] = min(run.steps * cfg.trainer.batch_size, len(run.ds.train)) / train_s
+    m["perf/train_img_per_s"] = min(run.steps_per_epoch * cfg.trainer.batch_size, len(run.ds.train)) / train_s
     if (epoch + 1) % cfg.trainer.eval_every == 0 or epoch + 1 == cfg.trainer.epochs:
         t_eval = time.perf_counter()
         evaluated, logits = evaluate(run)
@@ -452,133 +307,3 @@ def write_failure(e: OSError, epochs_done: int, saved_epoch: int) -> RunFailed:
             else "no checkpoint to resume from")
     when = f"after epoch {epochs_done}" if epochs_done else "before the first epoch"
     return RunFailed(f"{when}: {what}; {kept}")
-
-
-# --- the end of a run ----------------------------------------------------------------------------
-
-
-def finish(run: Run, history: list[dict[str, Any]], logger: RunLogger, run_dir: Path,
-           last_logits: dict[str, Tensor]) -> dict[str, Any]:
-    """Final metrics: the last epoch's, temperature scaling on val, predictions saved for later.
-
-    `last_logits` are the final epoch's val/test logits when this process computed them (not
-    after a resume past the last epoch); reusing them saves a second pass over val and test."""
-    cfg, ds = run.cfg, run.ds
-    final: dict[str, Any] = {k: v for k, v in history[-1].items() if not k.startswith("perf/")}
-    logits = {s: last_logits[s] if s in last_logits else
-              predict(run.model, getattr(ds, s), cfg.trainer.eval_batch_size, run.norm, run.amp())
-              for s in ("val", "test")}
-    labels = {s: getattr(ds, s).y.cpu() for s in ("val", "test")}
-    if cfg.metrics.temperature_scaling:
-        t = final["temperature"] = fit_temperature(logits["val"], labels["val"])
-        for s in ("val", "test"):
-            m = compute_metrics(logits[s] / t, labels[s], cfg.metrics.n_bins, run.top_k)
-            final.update({f"{s}_ts/{k}": v for k, v in m.items()})
-    extra_logits = final_evaluations(run, final, logits["test"], labels["test"], final.get("temperature"))
-    if len(ds.noisy_idx):
-        final.update(memorisation(run))
-    if run.criterion.teacher is not None:
-        final.update(run.criterion.teacher.numbers)
-    final["epochs"] = len(history)
-    final["metric_settings"] = {"n_bins": cfg.metrics.n_bins, "top_k": run.top_k, "softmax": "float64",
-                                "binning": "equal-width ((m-1)/M, m/M], 0 in the first bin, 1 in the last",
-                                "adaece_binning": "equal-mass: bin floor(M * #{j: conf_j < conf_i} / N)",
-                                "temperature_applied_to": "*_ts/ only"}
-    save_predictions(run_dir / "predictions.npz", logits, labels, extra_logits)
-    if cfg.metrics.figures:
-        write_run_figures(run, logits, labels, final.get("temperature"), logger, run_dir)
-    log_final_to_tensorboard(logger, cfg, final, history[-1])
-    return final
-
-
-HPARAM_SECTIONS = ("test", "test_ts", "val", "temperature")  # the metrics of TensorBoard's HParams tab
-
-
-def log_final_to_tensorboard(logger: RunLogger, cfg: Config, final: dict[str, Any], last: dict[str, Any]) -> None:
-    """The final-only values (test_ts/*, temperature, ...) as ordinary scalars at the last epoch's
-    step, then the HParams entry, whose metrics are scalars the run logs: an epoch metric's last
-    value is the final epoch's, so test/acc in the HParams tab is final.json's test/acc."""
-    numbers = {k: v for k, v in final.items() if isinstance(v, float)}
-    logger.log_scalars(last["epoch"], {k: v for k, v in numbers.items() if k not in last})
-    logger.log_hparams(hparams_of(cfg), [k for k in numbers if k.split("/")[0] in HPARAM_SECTIONS])
-
-
-def hparams_of(cfg: Config) -> dict[str, Any]:
-    """The config keys shown as columns in TensorBoard's HParams tab."""
-    return {"loss": cfg.loss.name, "epsilon": cfg.loss.epsilon, "prior": str(cfg.loss.prior), "mix": cfg.mix.name,
-            "model": cfg.model.name, "data": cfg.data.name, "seed": cfg.seed, "noise_rate": cfg.data.label_noise.rate,
-            "epochs": cfg.trainer.epochs, "lr": cfg.optim.lr, "batch_size": cfg.trainer.batch_size}
-
-
-def memorisation(run: Run) -> dict[str, float]:
-    """Memorisation of the flipped training labels (Zhang et al. 2017; Lukasik et al. 2020)."""
-    ds = run.ds
-    noisy = ds.noisy_idx.cpu()
-    z = predict(run.model, ds.train.take(noisy).to(ds.train.y.device), run.cfg.trainer.eval_batch_size, run.norm,
-                run.amp())
-    pred = z.argmax(1)
-    return {"train_noisy/acc_noisy_label": float((pred == ds.train.y.cpu()[noisy]).float().mean()),
-            "train_noisy/acc_true_label": float((pred == ds.clean_train_y[noisy].cpu()).float().mean()),
-            "data/noise_rate_realised": len(ds.noisy_idx) / len(ds.train)}
-
-
-def final_evaluations(run: Run, final: dict[str, Any], z: Tensor, y: Tensor, temperature: float | None) -> dict:
-    """Selective classification and ECE's own uncertainty on test (and test_ts), then shift and
-    OOD when eval.* asks for them; adds to `final`, returns the OOD logits to save."""
-    cfg, t0 = run.cfg, time.perf_counter()
-    seed, n_bins = cfg.data.split_seed, cfg.metrics.n_bins
-    final.update({f"test/{k}": v for k, v in evaluate_split(z, y, n_bins, cfg.eval.bootstrap, seed).items()})
-    if temperature is not None:
-        m = evaluate_split(z / temperature, y, n_bins, cfg.eval.bootstrap, seed)
-        final.update({f"test_ts/{k}": v for k, v in m.items()})
-
-    def predict_split(split: Split) -> Tensor:
-        return predict(run.model, split, cfg.trainer.eval_batch_size, run.norm, run.amp())
-
-    extra: dict[str, Any] = {}
-    if cfg.eval.corruptions:
-        final.update(shift_metrics(run, temperature, predict_split))
-    if cfg.eval.ood:
-        m, extra = ood_results(run, z, predict_split)
-        final.update(m)
-    log.info("final evaluations (selective, bootstrap, shift, OOD): %.2f s", time.perf_counter() - t0)
-    return extra
-
-
-def save_predictions(path: Path, logits: dict[str, Tensor], labels: dict[str, Tensor],
-                     extra: dict[str, Any] | None = None) -> None:
-    """float32 logits and int64 labels, untempered (and eval.ood's `ood_<source>_logits`); recompute
-    any metric later with ls_bench.metrics.compute_metrics(torch.from_numpy(f["test_logits"]), ...)."""
-    arrays = {f"{s}_{k}": v for s in logits for k, v in (("logits", logits[s].numpy()), ("labels", labels[s].numpy()))}
-    arrays.update(extra or {})
-    # np.savez adds ".npz" to a name without it: write to an open file instead of the temporary's name.
-    atomic_write(path, lambda tmp: _savez(tmp, arrays))
-
-
-def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with open(path, "wb") as f:
-        np.savez_compressed(f, **arrays)
-
-
-def write_run_figures(run: Run, logits: dict[str, Tensor], labels: dict[str, Tensor], temperature: float | None,
-                      logger: RunLogger, run_dir: Path) -> None:
-    """The test split's figures, once per run: PNGs in run_dir, images in TensorBoard.
-    A plotting failure is logged and never loses the run's metrics."""
-    cfg, model = run.cfg, run.model
-    t_fig, cpu_fig = time.perf_counter(), time.process_time()
-    try:
-        from ls_bench.calibration import SplitFigures, select_per_class, write_figures  # matplotlib lazily
-
-        pen = None
-        if model.head.out_features >= 3:  # Müller et al. Fig. 1 needs three class templates
-            classes = tuple(cfg.metrics.penultimate_classes)
-            idx = select_per_class(labels["test"], classes, per_class=100)
-            feats = predict(model, run.ds.test.take(idx).to(run.ds.test.y.device), cfg.trainer.eval_batch_size,
-                            run.norm, run.amp(), features=True)
-            pen = (feats, labels["test"][idx], model.head.weight.detach().float().cpu(), classes)
-        write_figures(logger, run_dir, SplitFigures(logits["test"], labels["test"], cfg.metrics.n_bins, temperature, pen,
-                                                    run.ds.classes, f"{cfg.model.name}, {cfg.loss.name} "
-                                                                    f"eps={cfg.loss.epsilon:g}"))
-    except Exception as e:  # a plotting failure must not lose the run's metrics
-        log.warning("calibration figures failed (%s: %s); metrics are unaffected", type(e).__name__, e)
-    log.info("calibration figures: %.2f s (%.2f s CPU)", time.perf_counter() - t_fig, time.process_time() - cpu_fig)

@@ -10,7 +10,7 @@ same schedule (SGD, Nesterov 0.9, wd 5e-4, cosine lr, LS ε = 0.1, batch 128):
   reference  torchvision ImageFolder (or in-memory PIL images, --reference memory) with PIL
              RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize, a DataLoader
              with workers, fp32, F.cross_entropy(label_smoothing=0.1);
-  ls-bench   ls_bench.data.train_batches / Normalize, train.train_one_epoch, train.predict with the
+  ls-bench   ls_bench.data.loader.train_batches / Normalize, train.train_one_epoch, run.predict with the
              real Criterion and resolve_precision("auto") (bf16 autocast where native), channels_last.
 and prints images/s of each, their ratio, achieved GFLOP/s (model FLOPs counted with
 torch.utils.flop_counter) as a fraction of this machine's measured GEMM peak (peak_gflops) in the precision
@@ -111,7 +111,9 @@ def load_data(args):
     from torchvision.datasets import ImageFolder
 
     from ls_bench.config import DataConfig
-    from ls_bench.data import Split, channel_stats, load_dataset, stratified_split
+    from ls_bench.data import load_dataset
+    from ls_bench.data.loader import Split, channel_stats
+    from ls_bench.data.splits import stratified_split
 
     if Path(args.root, "train").is_dir():
         # ls-bench's decoded cache; the same files in torchvision's ImageFolder order (our listing
@@ -161,7 +163,7 @@ def optimizer_and_schedule(model, steps: int, epochs: int, lr: float):
     import torch
 
     from ls_bench.config import SchedConfig
-    from ls_bench.train import lr_factor
+    from ls_bench.schedule import lr_factor
 
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, epochs, SchedConfig("cosine")))
@@ -221,11 +223,12 @@ class LsBench:
         import torch
 
         from ls_bench.config import Config, LossConfig
-        from ls_bench.data import Dataset, Normalize
+        from ls_bench.data import Dataset
+        from ls_bench.data.loader import Normalize
         from ls_bench.losses import make_criterion
         from ls_bench.machine import resolve_precision
         from ls_bench.models import build_model
-        from ls_bench.train import Run
+        from ls_bench.run import Run
 
         device = torch.device("cpu")
         dtype = resolve_precision(precision, device)
@@ -246,7 +249,7 @@ class LsBench:
     def epoch(self) -> float:
         import torch
 
-        from ls_bench.data import train_batches
+        from ls_bench.data.loader import train_batches
         from ls_bench.seeds import derive_seed
         from ls_bench.train import train_one_epoch
 
@@ -256,9 +259,7 @@ class LsBench:
         return m["train/loss"]
 
     def accuracy(self) -> float:
-        from ls_bench.train import predict
-
-        logits = predict(self.run.model, self.test, 1000, self.run.norm, self.run.amp())
+        logits = self.run.predict(self.test)  # trainer.eval_batch_size: 1000
         return float((logits.argmax(1) == self.test.y).float().mean())
 
 
@@ -358,6 +359,7 @@ def child(argv: list[str]) -> None:
     import torch._dynamo  # noqa: F401  (torch.optim imports it when the optimizer is built, ~1 s)
 
     marks["dynamo"] = time.time() - t0
+    import ls_bench.run as run_module
     import ls_bench.train as train  # tensorboard, tqdm, the package
 
     marks["torch_import"] = time.time() - t0
@@ -396,7 +398,7 @@ def child(argv: list[str]) -> None:
 
     def train_one_epoch(run, batches, *a, **kw):
         t = time.perf_counter()
-        run.steps = k  # for the progress bar
+        run.steps_per_epoch = k  # for the progress bar
         out = orig_epoch(run, itertools.islice(first_marked(batches), k), *a, **kw)
         info["img_per_s"] = k * batches_size[0] / (time.perf_counter() - t)
         return out
@@ -410,7 +412,7 @@ def child(argv: list[str]) -> None:
 
     train.fit, train.setup, train.train_one_epoch, train.train_batches = fit, setup, train_one_epoch, train_batches
     train.compute_metrics = timed(train.compute_metrics, "metrics")
-    train.predict = timed(train.predict, "predict")
+    run_module.predict = timed(run_module.predict, "predict")  # Run.predict calls it: every split's inference
     train.save_checkpoint = timed(train.save_checkpoint, "checkpoint")
     train.RunLogger.log_epoch = timed(train.RunLogger.log_epoch, "logging")
     sys.argv = ["ls-bench", *argv]

@@ -50,7 +50,7 @@ def ms(t: tuple[float, float, float]) -> str:
 
 
 def bench_large(repeats: int) -> None:
-    from ls_bench.metrics import compute_metrics
+    from ls_bench.evaluate.metrics import compute_metrics
 
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, 100, (10_000,), generator=g)
@@ -76,10 +76,9 @@ class _Capture(logging.Handler):
 def bench_digits(epochs: int, repeats: int) -> None:
     sys.path.insert(0, str(REPO / "tests"))
     from conftest import TINY, make_config
-
-    from ls_bench.calibration import fit_temperature
+    from ls_bench.evaluate.calibration import fit_temperature
+    from ls_bench.evaluate.metrics import compute_metrics
     from ls_bench.logs import read_jsonl
-    from ls_bench.metrics import compute_metrics
     from ls_bench.train import fit
 
     cap = _Capture()

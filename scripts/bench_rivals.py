@@ -40,9 +40,10 @@ def main() -> None:
     import torch
 
     from ls_bench.cli import compose_config
-    from ls_bench.data import train_batches
+    from ls_bench.data.loader import train_batches
     from ls_bench.machine import cpu_features
-    from ls_bench.train import fit, setup, train_one_epoch
+    from ls_bench.run import setup
+    from ls_bench.train import fit, train_one_epoch
 
     bs = 128
     n = bs * args.steps
@@ -73,7 +74,7 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in runs}
     for r in range(args.rounds):
         for name, run in runs.items():
-            run.steps = args.steps
+            run.steps_per_epoch = args.steps
             batches = train_batches(run.ds.train, bs, r, run.ds.augment, run.norm)
             mix_g = torch.Generator().manual_seed(r)
             t = time.perf_counter()

@@ -143,10 +143,11 @@ def child_syncs(overrides: list[str]) -> dict:
     from ls_bench.cli import compose_config
 
     try:
-        import ls_bench.data as data
+        import ls_bench.data.loader as loader
+        import ls_bench.run as run_module
         import ls_bench.train as train
 
-        setup, train_one_epoch, train_batches = train.setup, train.train_one_epoch, data.train_batches
+        setup, train_one_epoch, train_batches = run_module.setup, train.train_one_epoch, loader.train_batches
     except (ImportError, AttributeError) as e:
         raise ApiChanged(f"{e}") from None
     cfg = compose_config(overrides)
@@ -159,13 +160,13 @@ def child_syncs(overrides: list[str]) -> dict:
     run = checked_call(setup, cfg)
     try:
         split, augment, norm, device = run.ds.train, run.ds.augment, run.norm, run.device
-        run.steps  # noqa: B018  (train_one_epoch's progress bar reads it; set per window below)
+        run.steps_per_epoch  # noqa: B018  (train_one_epoch's progress bar reads it; set per window below)
     except AttributeError as e:
-        raise ApiChanged(f"ls_bench.train.setup() returned a {type(run).__name__} without {e.name}") from None
+        raise ApiChanged(f"ls_bench.run.setup() returned a {type(run).__name__} without {e.name}") from None
     cuda = device.type == "cuda"
 
     def window(steps: int, seed: int, count: bool) -> Counter:
-        run.steps = steps
+        run.steps_per_epoch = steps
         batches = itertools.islice(checked_call(train_batches, split, bs, seed, augment, norm), steps)
         g = torch.Generator(device).manual_seed(seed)
         with warnings.catch_warnings(record=True) as caught:
@@ -188,7 +189,9 @@ def child_syncs(overrides: list[str]) -> dict:
     where = {k: (long[k] - short[k]) / every for k in long if long[k] > short[k]}
     return {"cuda": cuda, "steps": WARMUP_STEPS + 2 * a + every, "every": every, "short": a, "per_step": per_step,
             "per_epoch": sum(short.values()) - a * per_step, "where_per_step": where,
-            "where_per_epoch": dict(short), "precision": str(getattr(run, "amp_dtype", None) or "fp32").replace("torch.", ""), "seconds": time.perf_counter() - t}
+            "where_per_epoch": dict(short),
+            "precision": str(getattr(run, "amp_dtype", None) or "fp32").replace("torch.", ""),
+            "seconds": time.perf_counter() - t}
 
 
 def child_main(kind: str, run_dir: str, overrides: list[str]) -> int:
@@ -254,8 +257,8 @@ def check_sweep(name: str, overrides: list[str], expected: int, args: argparse.N
     sweep = args.out / name
     shutil.rmtree(sweep, ignore_errors=True)
     log = args.out / f"{name}.log"
-    code, seconds, _ = run_logged([sys.executable, "-m", "ls_bench.cli", "-m", *overrides, f"trainer.device={args.device}",
-                                   f"hydra.sweep.dir={sweep}"], log, args.timeout)
+    code, seconds, _ = run_logged([sys.executable, "-m", "ls_bench.cli", "-m", *overrides,
+                                   f"trainer.device={args.device}", f"hydra.sweep.dir={sweep}"], log, args.timeout)
     finals = sorted(sweep.glob("*/final.json")) if sweep.is_dir() else []
     failed = sorted(sweep.glob("*/failed.json")) if sweep.is_dir() else []
     if code == 0 and len(finals) == expected and not failed:

@@ -18,17 +18,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_bad_input import run_forked
 
 import ls_bench.files as files
 import ls_bench.logs as logs
 import ls_bench.train as train
 from conftest import REPO, make_config, run_cli
-from ls_bench.cli import acquire_lock, release_lock
-from ls_bench.logs import read_jsonl
 from ls_bench.checkpoint import load_checkpoint
+from ls_bench.cli import acquire_lock, release_lock
 from ls_bench.errors import RunFailed
+from ls_bench.logs import read_jsonl
 from ls_bench.train import fit
-from test_bad_input import run_forked
 
 # Digits cut to 192 training images: 3 steps of 64 per epoch, so a fault test costs seconds.
 ONE = ["trainer.epochs=1", "trainer.progress=false", "trainer.batch_size=64", "data.train_size=192"]
@@ -196,7 +196,8 @@ def test_non_finite_loss_through_the_cli(cli_faults: dict) -> None:
     assert not (run_dir / "final.json").exists() and not (run_dir / "last.pt").exists()
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the writer thread dies, as it would
+# The writer thread dies, as it would.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_failed_tensorboard_write_is_one_line_naming_the_event_files(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The event files' disk fills up: TensorBoard's writer thread fails without a file name; the
@@ -258,7 +259,7 @@ def test_two_sweeps_into_one_folder_the_second_refuses(tmp_path: Path) -> None:
 def test_a_folder_holding_another_configs_run_is_refused_and_keeps_reporting_that_run(tmp_path: Path) -> None:
     """Hydra rewrites .hydra/config.yaml at every launch: a rerun with a changed ε into the same
     folder must neither inherit the old final.json nor continue the old last.pt."""
-    from ls_bench.report import find_runs
+    from ls_bench.report.runs import find_runs
 
     done, stopped = tmp_path / "done", tmp_path / "stopped"
     for d in (done, stopped):

@@ -51,7 +51,8 @@ def test_a_changed_signature_is_named_before_the_call() -> None:
         gc.checked_call(train_one_epoch, 1, 2, 3, "x")
 
 
-@pytest.mark.slow  # ~1-5 min on 2 CPU cores (5 min when they are shared): two sweeps, a ResNet-20 run and the sync-check steps
+# ~1-5 min on 2 CPU cores (5 min when they are shared): two sweeps, a ResNet-20 run and the sync-check steps
+@pytest.mark.slow
 def test_quick_cpu_run_passes_every_check(tmp_path: Path, cifar_root: Path) -> None:
     r = _gpu_check("--device", "cpu", "--quick", "--sweep-epochs", "1", "--cifar", str(cifar_root),
                    "--out", str(tmp_path), timeout=900)

@@ -18,8 +18,9 @@ from conftest import TINY, make_config
 from ls_bench import machine
 from ls_bench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ls_bench.errors import RunFailed
-from ls_bench.metrics import compute_metrics
-from ls_bench.train import fit, predict, setup
+from ls_bench.evaluate.metrics import compute_metrics
+from ls_bench.run import predict, setup
+from ls_bench.train import fit
 
 
 def test_bf16_evaluation_keeps_the_logits_in_float32(tmp_path: Path) -> None:
@@ -76,7 +77,8 @@ def test_deterministic_mode_turns_benchmark_off_and_records_it(restore_backends,
                                                ((9, 0), torch.bfloat16), ((6, 1), torch.float16)])
 def test_auto_precision_on_a_gpu_goes_by_compute_capability(monkeypatch, capability, expect) -> None:
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # torch's answer on a T4
+    # torch's answer on a T4:
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert machine.resolve_precision("auto", torch.device("cuda")) == expect
 
 
@@ -126,17 +128,17 @@ def test_cublas_and_cudnn_allocation_failures_count_as_out_of_memory(message: st
 def test_out_of_memory_while_setting_up_is_one_line_and_frees_the_run(tmp_path: Path, monkeypatch) -> None:
     """An OOM before the first step (moving the model to the device) is recorded like any failure,
     and once release_failed_run has cleared the exception's frames the model is gone."""
-    import ls_bench.train as train
+    import ls_bench.run as run_module
 
     made: list[weakref.ref] = []
-    real_build = train.build_model
+    real_build = run_module.build_model
 
     def build_then_fail(*args, **kwargs):
         model = real_build(*args, **kwargs)
         made.append(weakref.ref(model))
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
 
-    monkeypatch.setattr(train, "build_model", build_then_fail)
+    monkeypatch.setattr(run_module, "build_model", build_then_fail)
     with pytest.raises(RunFailed) as e:
         fit(make_config(*TINY), tmp_path)
     assert str(e.value).startswith("epoch 1: out of GPU memory (CUDA out of memory") and "batch_size" in str(e.value)
@@ -159,7 +161,7 @@ def test_each_sweep_job_gets_its_own_gpu(monkeypatch) -> None:
 def test_loss_constants_live_on_the_device_and_a_step_copies_none(monkeypatch) -> None:
     """Every constant tensor of the loss is placed on the run's device once, in setup(); the steps
     never call .to() on one of them (on a GPU each such call is a host-to-device copy that waits)."""
-    from ls_bench.data import train_batches
+    from ls_bench.data.loader import train_batches
     from ls_bench.train import train_one_epoch
 
     run = setup(make_config(*TINY, "loss.prior=class_prior", "loss.class_weights=balanced", "loss.epsilon=0.1"))
@@ -174,7 +176,7 @@ def test_loss_constants_live_on_the_device_and_a_step_copies_none(monkeypatch) -
 
     monkeypatch.setattr(torch.Tensor, "to", spy)
     batches = list(train_batches(run.ds.train, 64, 0, False, run.norm))[:3]
-    run.steps = 3
+    run.steps_per_epoch = 3
     train_one_epoch(run, batches, torch.Generator().manual_seed(0), "spy")
     assert moved == []
     assert run.criterion.to(run.device).weight.data_ptr() == run.criterion.weight.data_ptr()  # same device: no copy

@@ -14,7 +14,8 @@ import torch
 
 from conftest import TINY, make_config, run_cli
 from ls_bench.errors import ConfigError
-from ls_bench.train import fit, setup
+from ls_bench.run import setup
+from ls_bench.train import fit
 
 # One thread: on a shared 2-core machine thread contention, not compute, dominates a 1-epoch run.
 SMALL = [*TINY, "data.val_size=100", "trainer.num_threads=1"]

@@ -12,8 +12,15 @@ import torch.nn.functional as F
 
 from ls_bench.config import LossConfig
 from ls_bench.errors import ConfigError
-from ls_bench.losses import (Batch, as_multiclass, check_loss, class_weight_vector, make_criterion, prior_vector,
-                             smooth_targets)
+from ls_bench.losses import (
+    Batch,
+    as_multiclass,
+    check_loss,
+    class_weight_vector,
+    make_criterion,
+    prior_vector,
+    smooth_targets,
+)
 
 K = 5
 COUNTS = torch.tensor([40, 10, 25, 5, 20])  # an imbalanced training set: N = 100
@@ -370,7 +377,7 @@ def test_a_saturated_teacher_teaches_its_labels() -> None:
 
 
 def test_mixed_targets_are_the_mix_of_the_smoothed_targets_and_the_same_pairs_at_every_epsilon() -> None:
-    from ls_bench.mixing import make_mixer
+    from ls_bench.data.mixing import make_mixer
 
     g = torch.Generator().manual_seed(2)
     x, y = torch.randn(32, 3, 8, 8, generator=g), torch.randint(0, 10, (32,), generator=g)
@@ -379,9 +386,9 @@ def test_mixed_targets_are_the_mix_of_the_smoothed_targets_and_the_same_pairs_at
         c = make_criterion(LossConfig(epsilon=eps), 10, torch.ones(10), mixer=make_mixer("mixup", 1.0))
         out[eps] = c.targets(x, y, None, torch.Generator().manual_seed(7))
         ref = make_mixer("mixup", 1.0)(x, c.expected_target(y), torch.Generator().manual_seed(7))
-        assert torch.equal(out[eps].x, ref.x) and torch.allclose(out[eps].q, ref.t)
+        assert torch.equal(out[eps].x, ref.x) and torch.allclose(out[eps].p, ref.p)
         p = c.expected_target(y)
-        assert torch.allclose(out[eps].q, ref.lam * p + (1 - ref.lam) * p[ref.perm], atol=1e-6)
+        assert torch.allclose(out[eps].p, ref.lam * p + (1 - ref.lam) * p[ref.perm], atol=1e-6)
         dominant = y if ref.lam >= 0.5 else y[ref.perm]
         assert torch.equal(out[eps].acc_labels, dominant) and torch.equal(out[eps].labels, y)
     assert torch.equal(out[0.0].x, out[0.1].x)  # the same λ and partners whatever ε is

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_bad_input import image_tree, run_forked
 
 from conftest import REPO, TINY, make_config
-from ls_bench.errors import ConfigError
-from ls_bench.data import load_dataset
 from ls_bench.checkpoint import CheckpointError, load_checkpoint
+from ls_bench.data import load_dataset
+from ls_bench.errors import ConfigError
 from ls_bench.train import fit
-from test_bad_input import image_tree, run_forked
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
 
@@ -72,7 +72,8 @@ def test_malicious_imagefolder_cache_is_ignored_and_rebuilt(tmp_path: Path) -> N
 
 
 def test_saved_predictions_hold_no_pickles_and_pickles_are_refused(tmp_path: Path) -> None:
-    from ls_bench.report import Run, pooled_bins
+    from ls_bench.report.plots import pooled_bins
+    from ls_bench.report.runs import RunResult
 
     fit(make_config(*TINY), tmp_path / "run")
     with np.load(tmp_path / "run/predictions.npz", allow_pickle=False) as f:  # loads: plain arrays only
@@ -83,7 +84,7 @@ def test_saved_predictions_hold_no_pickles_and_pickles_are_refused(tmp_path: Pat
     np.savez(bad / "predictions.npz", test_logits=np.array([armed(marker)], dtype=object),
              test_labels=np.zeros(1, dtype=np.int64))
     with pytest.raises(ValueError, match="allow_pickle=False"):
-        pooled_bins([Run(bad, {}, "done")])  # the report's reader
+        pooled_bins([RunResult(bad, {}, "done")])  # the report's reader
     assert not marker.exists()
 
 

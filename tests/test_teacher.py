@@ -16,8 +16,9 @@ import torch
 
 from conftest import TINY, make_config
 from ls_bench.errors import ConfigError
+from ls_bench.run import predict, setup
 from ls_bench.teacher import find_teacher, load_teacher
-from ls_bench.train import fit, predict, setup
+from ls_bench.train import fit
 
 FAST = [*TINY, "metrics.figures=false", "eval.bootstrap=0"]
 
@@ -52,7 +53,7 @@ def test_the_rebuilt_teacher_predicts_what_it_saved(teachers: Path) -> None:
 
 
 def _batches(run):
-    from ls_bench.data import eval_batches
+    from ls_bench.data.loader import eval_batches
 
     return eval_batches(run.ds.test, 128, run.norm)
 
@@ -85,8 +86,9 @@ def test_a_sweep_folder_gives_the_teacher_of_the_students_seed_and_the_selected_
     assert run.criterion.teacher.run_dir == teachers / "eps0_s1"
     run = setup(student(f"loss.teacher={teachers}", "seed=0", "+loss.teacher_select.loss.epsilon=0.1"))
     assert run.criterion.teacher.run_dir == teachers / "eps0.1_s0"
-    with pytest.raises(ConfigError, match=r"^loss.teacher=.*: 2 of its 3 runs are finished and have seed=0 \(matching: eps0.1_s0, "
-                                          r"eps0_s0\); say which with \+loss.teacher_select.KEY=VALUE$"):
+    with pytest.raises(ConfigError, match=r"^loss.teacher=.*: 2 of its 3 runs are finished and have seed=0 "
+                                          r"\(matching: eps0.1_s0, eps0_s0\); say which with "
+                                          r"\+loss.teacher_select.KEY=VALUE$"):
         student(f"loss.teacher={teachers}", "seed=0")
     with pytest.raises(ConfigError, match=r"0 of its 3 runs are finished and have loss.epsilon=0.3, seed=1"):
         student(f"loss.teacher={teachers}", "seed=1", "+loss.teacher_select.loss.epsilon=0.3")
@@ -188,7 +190,8 @@ def test_the_teacher_sees_its_own_normalisation_when_its_training_split_differs(
                                                                                 tmp_path: Path) -> None:
     """A teacher trained on a 300-image subset has other channel statistics than a student on all
     the training images: the student's normalised input is converted, x·(s_s/s_t) + (m_s − m_t)/s_t."""
-    from ls_bench.data import Normalize, load_dataset
+    from ls_bench.data import load_dataset
+    from ls_bench.data.loader import Normalize
 
     t_dir = tmp_path / "subset_teacher"
     t_cfg = make_config(*FAST, "data.train_size=300")
@@ -212,7 +215,8 @@ def test_one_command_distils_every_teacher_epsilon_and_the_report_pairs_them(tea
 
     sweep = tmp_path / "students"
     r = run_cli("-m", *FAST, "loss=distill", f"loss.teacher={teachers}", "+loss.teacher_select.loss.epsilon=0,0.1",
-                "loss.kd_temperature=2", "seed=0", f"hydra.sweep.dir={sweep}", "hydra.callbacks.sweep_report.enabled=false")
+                "loss.kd_temperature=2", "seed=0", f"hydra.sweep.dir={sweep}",
+                "hydra.callbacks.sweep_report.enabled=false")
     assert r.returncode == 0, r.stderr[-2000:]
     jobs = sorted(p.parent.parent for p in sweep.rglob(".hydra/config.yaml"))
     assert [j.parent for j in jobs] == [sweep, sweep] and all("loss.teacher=" not in j.name for j in jobs)

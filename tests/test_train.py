@@ -18,8 +18,9 @@ import torch
 from conftest import REPO, TINY, make_config, run_cli
 from ls_bench.config import SchedConfig
 from ls_bench.logs import read_jsonl
+from ls_bench.schedule import lr_factor
 from ls_bench.signals import Interrupted, StopFlag
-from ls_bench.train import fit, lr_factor
+from ls_bench.train import fit
 
 
 def test_one_epoch_writes_everything(tmp_path: Path) -> None:

@@ -10,8 +10,7 @@ from typing import Callable
 
 from torch import Tensor, nn
 
-from ls_bench.errors import bad
-
+from ls_bench.errors import invalid
 from ls_bench.models.preact_resnet import preact_resnet18
 from ls_bench.models.resnet_cifar import resnet20, resnet32, resnet56, resnet110
 from ls_bench.models.small_cnn import small_cnn
@@ -30,7 +29,7 @@ MODELS: dict[str, Callable[[int, int, int], nn.Module]] = {
 
 def check_model(name: str) -> None:
     if name not in MODELS:
-        raise bad("model.name", name, f"one of {sorted(MODELS)}")
+        raise invalid("model.name", name, f"one of {sorted(MODELS)}")
 
 
 def build_model(name: str, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
