@@ -249,8 +249,6 @@ def _validate_loss(lo: LossConfig) -> None:
 
 
 def _validate_data(d: DataConfig) -> None:
-    _check(d.name == "digits" or d.root not in (None, "???", ""), "data.root", d.root,
-           f"must be set for data={d.name}, e.g. data.root=path/to/data")
     _check(_split_size(d.val_size) or d.val_size == 0, "data.val_size", _shown(d.val_size), f"must be >= 0: 0 (no "
            f"validation split), {SIZE_HELP}")
     _check(_split_size(d.test_size), "data.test_size", _shown(d.test_size), f"must be > 0: {SIZE_HELP}")

@@ -58,7 +58,7 @@ class Dataset:
 
 def load_dataset(cfg: DataConfig, noise_seed: int = 0) -> Dataset:
     """Load `cfg.name`, carve val (and test, for digits) out of train, subset, corrupt labels."""
-    check_dataset(cfg.name)
+    check_dataset(cfg)
     train, test, classes = DATASETS[cfg.name](cfg)
     if cfg.classes is not None:
         unknown = [c for c in cfg.classes if not 0 <= c < len(classes)]

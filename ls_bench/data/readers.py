@@ -229,7 +229,10 @@ DATASETS: dict[str, Callable[[DataConfig], tuple[Split, Split | None, list[str]]
 }
 
 
-def check_dataset(name: str) -> None:
-    if name not in DATASETS:
-        raise invalid("data.name", name, f"one of {sorted(DATASETS)}")
+def check_dataset(cfg: DataConfig) -> None:
+    """The name, then the folder it needs (digits is embedded)."""
+    if cfg.name not in DATASETS:
+        raise invalid("data.name", cfg.name, f"one of {sorted(DATASETS)}")
+    if cfg.name != "digits" and cfg.root in (None, "???", ""):
+        raise invalid("data.root", cfg.root, f"must be set for data={cfg.name}, e.g. data.root=path/to/data")
 
