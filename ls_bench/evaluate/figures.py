@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ls_bench.evaluate.metrics import calibration_bins, check_inputs, check_n_bins, confidence_correct, ece, mce
-from ls_bench.evaluate.selective import risk_coverage
+from ls_bench.evaluate.selective import optimal_risk, risk_coverage
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -145,9 +145,10 @@ def risk_coverage_curve(logits: Tensor, labels: Tensor, temperature: float | Non
         coverage, risk = risk_coverage(conf, correct)
         ax.plot(coverage.numpy(), risk.numpy(), color=color, linewidth=1.2,
                 label=f"{name}: AURC {float(risk.mean()):.4f}")
-    k = torch.arange(1, n + 1, dtype=torch.float64)
-    optimal = (k - (n - errors)).clamp_min(0) / k
-    ax.plot((k / n).numpy(), optimal.numpy(), "k--", linewidth=1, label=f"perfect ranking: {float(optimal.mean()):.4f}")
+    optimal = optimal_risk(n, n - errors)
+    coverage = torch.arange(1, n + 1, dtype=torch.float64) / n
+    ax.plot(coverage.numpy(), optimal.numpy(), "k--", linewidth=1,
+            label=f"perfect ranking: {float(optimal.mean()):.4f}")
     _unit_axes(ax, "coverage", "selective risk (error rate)")
     ax.set_ylim(0, max(0.05, 1.3 * errors / n))
     ax.legend(loc="upper left", fontsize="x-small")

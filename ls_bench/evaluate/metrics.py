@@ -65,7 +65,7 @@ def bin_index(conf: Tensor, n_bins: int) -> Tensor:
     return torch.bucketize(conf, inner, right=False)
 
 
-def _bin_sums(conf: Tensor, correct: Tensor, idx: Tensor, n_bins: int) -> tuple[Tensor, Tensor, Tensor]:
+def bin_sums(conf: Tensor, correct: Tensor, idx: Tensor, n_bins: int) -> tuple[Tensor, Tensor, Tensor]:
     """Per-bin (count, Σ conf, Σ correct) given each sample's bin index, in conf's dtype."""
     count = torch.bincount(idx, minlength=n_bins).to(conf.dtype)
     s_conf = torch.bincount(idx, weights=conf, minlength=n_bins).to(conf.dtype)
@@ -75,7 +75,7 @@ def _bin_sums(conf: Tensor, correct: Tensor, idx: Tensor, n_bins: int) -> tuple[
 
 def _weighted_gap(conf: Tensor, correct: Tensor, idx: Tensor, n_bins: int) -> float:
     """Σ_m |B_m|/N · |acc_m - conf_m| = Σ_m |Σ_{B_m} (correct - conf)| / N."""
-    count, s_conf, s_corr = _bin_sums(conf, correct, idx, n_bins)
+    count, s_conf, s_corr = bin_sums(conf, correct, idx, n_bins)
     return float((s_corr - s_conf).abs().sum() / count.sum())
 
 
@@ -86,7 +86,7 @@ def ece(conf: Tensor, correct: Tensor, n_bins: int = 15) -> float:
 
 def mce(conf: Tensor, correct: Tensor, n_bins: int = 15) -> float:
     """Maximum calibration error: the largest |acc - conf| over the non-empty equal-width bins."""
-    count, s_conf, s_corr = _bin_sums(conf, correct, bin_index(conf, n_bins), n_bins)
+    count, s_conf, s_corr = bin_sums(conf, correct, bin_index(conf, n_bins), n_bins)
     filled = count > 0
     return float(((s_corr - s_conf)[filled] / count[filled]).abs().max())
 
@@ -116,15 +116,20 @@ def classwise_ece(probs: Tensor, labels: Tensor, n_bins: int = 15) -> float:
 def calibration_bins(conf: Tensor, correct: Tensor, n_bins: int = 15) -> dict[str, list[float]]:
     """Per equal-width bin: accuracy, mean confidence and count (0, 0, 0 for an empty bin)."""
     check_n_bins(n_bins)
-    count, s_conf, s_corr = _bin_sums(conf, correct, bin_index(conf, n_bins), n_bins)
+    count, s_conf, s_corr = bin_sums(conf, correct, bin_index(conf, n_bins), n_bins)
     c = count.clamp_min(1)
     return {"acc": (s_corr / c).tolist(), "conf": (s_conf / c).tolist(), "count": count.tolist()}
 
 
+def top_label(probs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Top-label confidence max_k q_k and 0/1 correctness of argmax_k q_k, in probs' dtype."""
+    conf, pred = probs.max(1)
+    return conf, (pred == labels).to(probs.dtype)
+
+
 def confidence_correct(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Float64 top-label confidence and 0/1 correctness: what the top-label metrics bin."""
-    conf, pred = torch.softmax(logits.double(), dim=1).max(1)
-    return conf, (pred == labels).double()
+    return top_label(torch.softmax(logits.double(), dim=1), labels)
 
 
 def compute_metrics(logits: Tensor, labels: Tensor, n_bins: int = 15, top_k: int | None = None) -> dict[str, float]:
@@ -140,8 +145,7 @@ def compute_metrics(logits: Tensor, labels: Tensor, n_bins: int = 15, top_k: int
     z = logits.double()
     logp = F.log_softmax(z, dim=1)
     probs = logp.exp()
-    conf, pred = probs.max(1)
-    correct = (pred == labels).double()
+    conf, correct = top_label(probs, labels)
     acc = float(correct.mean())
     p_y = probs.gather(1, labels[:, None]).squeeze(1)
     out = {

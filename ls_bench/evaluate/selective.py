@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ls_bench.evaluate.metrics import bin_index, check_inputs, check_n_bins, confidence_correct
+from ls_bench.evaluate.metrics import bin_index, bin_sums, check_inputs, check_n_bins, confidence_correct
 
 BOOTSTRAP_CHUNK = 100  # resamples per bincount: 100 x N int64 indices = 8 MB at N = 10^4
 
@@ -73,15 +73,20 @@ def risk_coverage(conf: Tensor, correct: Tensor) -> tuple[Tensor, Tensor]:
     return k / n, _expected_errors(conf, 1 - correct.double()) / k
 
 
+def optimal_risk(n: int, n_correct: float) -> Tensor:
+    """risk*(k), k = 1..N, of the ranking that puts every correct sample first: max(0, k - n_correct) / k.
+
+    Its mean is AURC*, exact here; r + (1-r)·ln(1-r) (r = error rate, Geifman et al. 2019) is the
+    continuous approximation of the same quantity: the exact value is larger by about r / (2N).
+    """
+    k = torch.arange(1, n + 1, dtype=torch.float64)
+    return (k - n_correct).clamp_min(0) / k
+
+
 def _selective(conf: Tensor, correct: Tensor) -> dict[str, float]:
     _, risk = risk_coverage(conf, correct)
     n = len(risk)
-    k = torch.arange(1, n + 1, device=risk.device, dtype=torch.float64)
-    n_correct = float(correct.double().sum())
-    # The optimal ranking puts all correct samples first: risk*(k) = max(0, k - n_correct) / k.
-    # Its AURC is exact here; r + (1-r)·ln(1-r) (r = error rate, Geifman et al. 2019) is the
-    # continuous approximation of the same quantity: the exact value is larger by about r / (2N).
-    optimal = (k - n_correct).clamp_min(0) / k
+    optimal = optimal_risk(n, float(correct.double().sum()))
     aurc = float(risk.mean())
     k80 = -(-4 * n // 5)  # ceil(0.8 N) in integers: the smallest k with coverage k/N >= 0.8
     return {"aurc": aurc, "eaurc": aurc - float(optimal.mean()), "risk_cov80": float(risk[k80 - 1])}
@@ -245,9 +250,7 @@ def debiased_ece(conf: Tensor, correct: Tensor, n_bins: int = 15) -> float:
     edges = _equal_mass_edges(conf, n_bins)
     idx = torch.bucketize(conf, edges, right=False)  # edge[b-1] < conf <= edge[b], as np.searchsorted
     nb = len(edges)
-    count = torch.bincount(idx, minlength=nb).double()
-    s_conf = torch.bincount(idx, weights=conf, minlength=nb)
-    s_corr = torch.bincount(idx, weights=correct, minlength=nb)
+    count, s_conf, s_corr = bin_sums(conf, correct, idx, nb)
     keep = count > 0
     count, acc, mean_conf = count[keep], s_corr[keep] / count[keep], s_conf[keep] / count[keep]
     w = count / len(conf)
