@@ -15,6 +15,7 @@ from ls_bench.config import Config
 from ls_bench.data import Dataset, load_dataset
 from ls_bench.data.loader import Normalize, Split, eval_batches
 from ls_bench.data.mixing import check_mix_with_loss, make_mixer
+from ls_bench.data.readers import check_dataset
 from ls_bench.errors import invalid
 from ls_bench.evaluate.metrics import default_top_k
 from ls_bench.evaluate.shift import check_eval, check_eval_against_data
@@ -90,8 +91,9 @@ def check_config(cfg: Config) -> Path | None:
     """Every check that needs no data, once per run (setup() calls it before the data loads; a
     typed Config from cli.to_config has passed config.validate's ranges): the names the registries
     define (model.name; loss.name with its prior and weights; eval's corruptions and OOD sources),
-    the settings that go with them, and the teacher (loss=distill), whose folder it returns.
-    data.name is checked by load_dataset, mix.* by make_mixer, both before anything heavy."""
+    the settings that go with them, data.name with the folder it needs, and the teacher
+    (loss=distill), whose folder it returns. mix.* is checked by make_mixer, before anything heavy."""
+    check_dataset(cfg.data)
     check_model(cfg.model.name)
     check_loss(cfg.loss)
     check_mix_with_loss(cfg.mix.name, cfg.loss.name, cfg.mix.alpha, cfg.mix.prob)
