@@ -229,10 +229,6 @@ def all_case_ids() -> list[str]:
                                                      "corrupt", "zero_byte", "dangling")}, Path("tmp"))]
 
 
-def test_the_table_is_large_enough() -> None:
-    assert len(all_case_ids()) >= 25 and len(set(all_case_ids())) == len(all_case_ids())
-
-
 @pytest.mark.parametrize("name", all_case_ids())
 def test_bad_input_fails_cleanly(results: dict[str, Result], name: str) -> None:
     kind, args, expect, proc, run_dir = results[name]

@@ -4,7 +4,6 @@ the documented draw order, seeding, memory format, config errors, and a timing (
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -284,61 +283,6 @@ def test_good_config_and_default_probs():
     assert make_mixer("cutmix", 1, 1).prob == 1.0
     with pytest.raises(Exception):  # frozen
         make_mixer("mixup").alpha = 2.0
-
-
-# --- cost (printed, not asserted) ----------------------------------------------------------------
-
-
-def _ms(fn, n):
-    """(min, median) wall time in ms; the min is the cost, the median also shows other load on the CPU."""
-    fn()
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * min(times), 1e3 * float(np.median(times))
-
-
-def _cifar_batch():
-    x = torch.randn(128, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    return x, soft_targets(torch.randint(10, (128,)), 10)
-
-
-def _mixer_costs(x, t):
-    g = torch.Generator().manual_seed(0)
-    return {name: _ms(lambda: make_mixer(name, 1.0, 1.0)(x, t, g), 100) for name in ("mixup", "cutmix")}
-
-
-def test_cost_of_mixing_a_cifar_batch(capsys):
-    """Printed, not asserted: against a ResNet-20 step of 80-250 ms, the budget is < 3 % (2.4 ms at 80 ms)."""
-    costs = _mixer_costs(*_cifar_batch())
-    with capsys.disabled():
-        print(f"\n[mixing cost] [128,3,32,32] channels_last, {torch.get_num_threads()} threads, min (median): "
-              + ", ".join(f"{k} {a:.3f} ({b:.3f}) ms = {100 * a / 80:.2f}-{100 * a / 250:.2f}% of an 80-250 ms step"
-                          for k, (a, b) in costs.items()))
-
-
-@pytest.mark.slow
-def test_cost_relative_to_a_measured_resnet20_step(capsys):
-    from ls_bench.models import build_model
-
-    x, t = _cifar_batch()
-    costs = _mixer_costs(x, t)
-    model = build_model("resnet20", 3, 10, 32).to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-
-    def step():
-        loss = torch.nn.functional.cross_entropy(model(x), t)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    step_min, step_med = _ms(step, 5)
-    with capsys.disabled():
-        print("\n[mixing cost] " + ", ".join(f"{k} {a:.3f} ms = {100 * a / step_min:.2f}% of a step"
-                                           for k, (a, b) in costs.items())
-              + f"; ResNet-20 train step min {step_min:.0f} ms (median {step_med:.0f})")
 
 
 # --- in the runner: the mix config group ------------------------------------------------------------
