@@ -215,6 +215,10 @@ class OutputGuard(Callback):
         except LockHeld as e:
             _exit(f"ls-bench: error: another sweep is writing into {sweep_dir}: {e}")
         atexit.register(release_lock, lock, fd)
+        if str(config.hydra.launcher.get("_target_", "")).endswith(".SlurmLauncher"):  # submitit's, on SLURM
+            from ls_bench.slurm_watch import use_squeue_fallback  # no sacct: one notice, not one per poll
+
+            use_squeue_fallback()
 
 
 # Sweep folders to report on when this (main) process ends; filled by SweepReport.
