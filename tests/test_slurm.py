@@ -23,8 +23,6 @@ from conftest import REPO, run_cli
 from ls_bench.checkpoint import load_checkpoint
 from ls_bench.logs import read_jsonl
 
-pytestmark = pytest.mark.slow
-
 SCRIPT = REPO / "scripts" / "slurm_local.sh"
 EPOCHS = 60  # ~0.15 s each on one core: time to signal a job mid-training
 RUN = ["experiment=quickstart", f"trainer.epochs={EPOCHS}", "trainer.num_threads=1", "trainer.progress=false",
@@ -100,6 +98,23 @@ def report(sweep: Path, env: dict[str, str]) -> str:
     return r.stdout
 
 
+def test_squeue_states_are_read_as_sacct_states() -> None:
+    """The fallback's reading of squeue (no Slurm needed): a job squeue no longer lists has ended,
+    one that squeue shows configuring or suspended has not, whatever submitit's sacct list says."""
+    pytest.importorskip("submitit")
+    from ls_bench.slurm_watch import ENDED, SqueueFallbackWatcher
+
+    watcher = SqueueFallbackWatcher()
+    watcher.squeue = True
+    for job in ("7_0", "7_1", "7_2", "7_3", "8"):
+        watcher.register_job(job)
+    watcher._info_dict.update(watcher.read_info(b"7_0|RUNNING\n7_1|CONFIGURING\n7_3|CANCELLED\n8|PENDING\n9|RUNNING\n"))
+    assert {j: watcher.get_state(j, "cache") for j in ("7_0", "7_1", "7_2", "7_3", "8")} == {
+        "7_0": "RUNNING", "7_1": "CONFIGURING", "7_2": ENDED, "7_3": "CANCELLED", "8": "PENDING"}
+    assert [j for j in ("7_0", "7_1", "7_2", "7_3", "8") if watcher.is_done(j, "cache")] == ["7_2", "7_3"]
+    assert "9" not in watcher._info_dict  # another sweep's job: not kept
+
+
 def sweep_in_background(sweep: Path, env: dict[str, str], logs: Path) -> subprocess.Popen:
     """`ls-bench <SWEEP>` launched into `sweep`; its stdout and stderr go to logs.out and logs.err."""
     with open(logs.with_suffix(".out"), "w") as out, open(logs.with_suffix(".err"), "w") as err:
@@ -125,6 +140,7 @@ def check_first_launch(runs: list[Path], sweep: Path, err: str, env: dict[str, s
     return killed_at
 
 
+@pytest.mark.slow  # 2-3 min on 2 cores
 def test_a_slurm_sweep_survives_preemption_and_a_kill(slurm_env: dict[str, str], tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     runs = [sweep / f"experiment=quickstart,loss.epsilon={e},trainer.epochs={EPOCHS}" for e in ("0", "0.1", "1.5")]
