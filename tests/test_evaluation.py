@@ -18,9 +18,9 @@ from conftest import random_logits
 from ls_bench.evaluate.metrics import ece
 from ls_bench.evaluate.selective import (
     _bootstrap_eces,
-    _equal_mass_edges,
     bootstrap_ece,
     debiased_ece,
+    equal_mass_edges,
     evaluate_split,
     ood_metrics,
     ood_scores,
@@ -263,7 +263,7 @@ def test_equal_mass_edges_are_the_packages(n: int, n_bins: int) -> None:
     calibration = pytest.importorskip("calibration")
     conf, _ = miscalibrated(n, seed=n)
     conf = conf.round(decimals=2)  # ties, some across the split points
-    edges = _equal_mass_edges(conf, n_bins)
+    edges = equal_mass_edges(conf, n_bins)
     np.testing.assert_array_equal(edges.numpy(), calibration.get_equal_bins(list(conf.numpy()), num_bins=n_bins))
 
 

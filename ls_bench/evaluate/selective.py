@@ -208,7 +208,7 @@ def paired_bootstrap_ece_diff(conf_a: Tensor, correct_a: Tensor, conf_b: Tensor,
     return {"mean": float(diff.mean()), "lo": lo, "hi": hi}
 
 
-def _equal_mass_edges(conf: Tensor, n_bins: int) -> Tensor:
+def equal_mass_edges(conf: Tensor, n_bins: int) -> Tensor:
     """Upper bin edges of calibration.get_equal_bins (Kumar et al.'s default): the sorted confidences
     cut into min(M, N) parts as np.array_split does (the first N mod M parts one longer), each edge
     halfway between the last value of a part and the first of the next, then 1.0, duplicates dropped."""
@@ -226,7 +226,7 @@ def debiased_ece(conf: Tensor, correct: Tensor, n_bins: int = 15) -> float:
     calibration.get_calibration_error(probs, labels, p=1, debias=True, mode='top-label').
 
     Bins: theirs, n_bins equal-mass bins with edges halfway between neighbouring sorted confidences,
-    closed on the right (_equal_mass_edges; n_bins = 15 is their default). With weights w_b = n_b/N,
+    closed on the right (equal_mass_edges; n_bins = 15 is their default). With weights w_b = n_b/N,
     mean confidence c_b and accuracy a_b, the plug-in L1 error is CE = Σ_b w_b |a_b - c_b| and
 
         dECE = 2·CE - Σ_b w_b · E|a'_b - c_b|,   a'_b ~ N(a_b, a_b(1 - a_b)/n_b),
@@ -247,7 +247,7 @@ def debiased_ece(conf: Tensor, correct: Tensor, n_bins: int = 15) -> float:
     _check_scores("debiased_ece", conf, correct)
     check_n_bins(n_bins)
     conf, correct = conf.double(), correct.double()
-    edges = _equal_mass_edges(conf, n_bins)
+    edges = equal_mass_edges(conf, n_bins)
     idx = torch.bucketize(conf, edges, right=False)  # edge[b-1] < conf <= edge[b], as np.searchsorted
     nb = len(edges)
     count, s_conf, s_corr = bin_sums(conf, correct, idx, nb)
