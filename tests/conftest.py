@@ -19,6 +19,10 @@ CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg"
 # A run on digits that takes about a second on one CPU core.
 TINY = ["trainer.epochs=1", "trainer.progress=false", "trainer.batch_size=64"]
 
+# Digits cut to 192 training images: 3 steps of 64 per epoch, so a fault test costs seconds.
+ONE = ["trainer.epochs=1", "trainer.progress=false", "trainer.batch_size=64", "data.train_size=192"]
+TWO = [*ONE, "trainer.epochs=2"]
+
 
 def make_config(*overrides: str) -> Config:
     """The typed, validated Config exactly as `ls-bench <overrides>` would build it."""
@@ -47,3 +51,9 @@ def random_logits(n: int, k: int, seed: int, scale: float = 3.0) -> tuple[torch.
     z = scale * torch.randn(n, k, generator=g)
     z[torch.arange(n), y] += scale
     return z, y
+
+
+def one_line(proc: subprocess.CompletedProcess) -> str:
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
+    return lines[0]

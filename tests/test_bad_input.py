@@ -70,53 +70,59 @@ def build_trees(base: Path) -> dict[str, Path]:
     return t
 
 
-def cases(t: dict[str, Path], tmp: Path) -> list[tuple[str, str, list[str], list[str]]]:
-    """(id, kind, overrides, strings the message must contain: the field, the value, ...)."""
+# (id, kind, overrides, strings the message must contain: the field, the value, ...)
+Case = tuple[str, str, list[str], list[str]]
+CONFIG_CASES: list[Case] = [
+    # Hydra's composition errors: misspelt keys and groups, wrong types, unknown options.
+    ("misspelt_key", "hydra", ["loss.epsilonn=0.1"], ["loss.epsilonn"]),
+    ("misspelt_group", "hydra", ["los.epsilon=0.1"], ["los"]),
+    ("wrong_type_float", "hydra", ["loss.epsilon=abc"], ["loss.epsilon", "abc", "Float"]),
+    ("wrong_type_int", "hydra", ["trainer.epochs=1.5"], ["trainer.epochs", "1.5", "Integer"]),
+    ("wrong_type_bool", "hydra", ["trainer.checkpoint=maybe"], ["trainer.checkpoint", "maybe"]),
+    ("unknown_loss", "hydra", ["loss=label_smothing"], ["loss/label_smothing", "label_smoothing"]),
+    ("unknown_model", "hydra", ["model=resnet999"], ["model/resnet999", "resnet20"]),
+    ("unknown_dataset", "hydra", ["data=mnist"], ["data/mnist", "cifar10"]),
+    # Our checks on the config alone (ls_bench.config.validate).
+    ("appended_misspelt_key", "line", ["+loss.epsilonn=0.1"], ["loss.epsilonn=0.1", "not a field"]),
+    ("model_name", "line", ["model.name=foo"], ["model.name='foo'", "resnet20"]),
+    ("dataset_name", "line", ["data.name=mnist"], ["data.name='mnist'", "cifar10"]),
+    ("epsilon_above_1", "line", ["loss.epsilon=1.5"], ["loss.epsilon=1.5", "[0, 1)"]),
+    ("epsilon_negative", "line", ["loss.epsilon=-0.1"], ["loss.epsilon=-0.1", "[0, 1)"]),
+    ("lr_zero", "line", ["optim.lr=0"], ["optim.lr=0.0", "> 0"]),
+    ("lr_negative", "line", ["optim.lr=-1"], ["optim.lr=-1.0", "> 0"]),
+    ("momentum_1", "line", ["optim.momentum=1.0"], ["optim.momentum=1.0", "[0, 1)"]),
+    ("batch_size_0", "line", ["trainer.batch_size=0"], ["trainer.batch_size=0", ">= 1"]),
+    ("epochs_0", "line", ["trainer.epochs=0"], ["trainer.epochs=0", ">= 1"]),
+    ("warmup_too_long", "line", ["sched.warmup_epochs=5"], ["sched.warmup_epochs=5.0", "trainer.epochs=1"]),
+    ("n_bins_0", "line", ["metrics.n_bins=0"], ["metrics.n_bins=0", ">= 1"]),
+    ("noise_rate_1", "line", ["data.label_noise.rate=1.0"], ["data.label_noise.rate=1.0", "[0, 1)"]),
+    ("noise_kind", "line", ["data.label_noise.kind=pairwise"], ["data.label_noise.kind='pairwise'", "symmetric"]),
+    ("val_size_negative", "line", ["data.val_size=-1"], ["data.val_size=-1", ">= 0"]),
+    ("precision", "line", ["trainer.precision=fp8"], ["trainer.precision='fp8'", "bf16"]),
+    ("device", "line", ["trainer.device=tpu"], ["trainer.device='tpu'", "cuda"]),
+    ("penultimate_two_classes", "line", ["metrics.penultimate_classes=[0,1]"],
+     ["metrics.penultimate_classes=[0, 1]", "three different labels"]),
+    # Checks that need the data (run.setup, data.load_dataset, train.fit before the loop).
+    ("val_size_too_big", "line", ["data.val_size=5000"], ["data.val_size=5000", "1437 training images"]),
+    ("train_size_too_big", "line", ["data.train_size=100000"], ["data.train_size=100000", "<="]),
+    ("test_size_too_big", "line", ["data.test_size=2000"], ["data.test_size=2000", "1797"]),
+    ("class_out_of_range", "line", ["data.classes=[0,10]"], ["data.classes=[0, 10]", "[0, 10)"]),
+    ("binary_with_10_classes", "line", ["loss=binary"], ["loss.name='binary'", "2 classes", "10"]),
+    ("prior_wrong_length", "line", ["loss.prior=[0.5,0.5]"], ["loss.prior=[0.5, 0.5]", "K=10"]),
+    ("top5_with_3_classes", "line", ["metrics.top_k=5", "data.classes=[0,1,2]", "data.val_size=30"],
+     ["metrics.top_k=5", "3 classes"]),
+    ("penultimate_class_out_of_range", "line", ["metrics.penultimate_classes=[0,1,10]"],
+     ["metrics.penultimate_classes=[0, 1, 10]", "< the 10 classes of digits"]),
+    ("fp16_on_cpu", "line", ["trainer.device=cpu", "trainer.precision=fp16"], ["trainer.precision='fp16'", "CPU"]),
+    ("imagefolder_without_root", "line", ["data=imagefolder"],
+     ["data.root=None", "must be set for data=imagefolder"]),
+]
+
+
+def cases(t: dict[str, Path], tmp: Path) -> list[Case]:
+    """CONFIG_CASES and the cases that need the trees made in `t` or a path below `tmp`."""
     folder = ["data=imagefolder", "data.val_size=2", f"data.cache_dir={tmp / 'cache'}"]
-    return [
-        # Hydra's composition errors: misspelt keys and groups, wrong types, unknown options.
-        ("misspelt_key", "hydra", ["loss.epsilonn=0.1"], ["loss.epsilonn"]),
-        ("misspelt_group", "hydra", ["los.epsilon=0.1"], ["los"]),
-        ("wrong_type_float", "hydra", ["loss.epsilon=abc"], ["loss.epsilon", "abc", "Float"]),
-        ("wrong_type_int", "hydra", ["trainer.epochs=1.5"], ["trainer.epochs", "1.5", "Integer"]),
-        ("wrong_type_bool", "hydra", ["trainer.checkpoint=maybe"], ["trainer.checkpoint", "maybe"]),
-        ("unknown_loss", "hydra", ["loss=label_smothing"], ["loss/label_smothing", "label_smoothing"]),
-        ("unknown_model", "hydra", ["model=resnet999"], ["model/resnet999", "resnet20"]),
-        ("unknown_dataset", "hydra", ["data=mnist"], ["data/mnist", "cifar10"]),
-        # Our checks on the config alone (ls_bench.config.validate).
-        ("appended_misspelt_key", "line", ["+loss.epsilonn=0.1"], ["loss.epsilonn=0.1", "not a field"]),
-        ("model_name", "line", ["model.name=foo"], ["model.name='foo'", "resnet20"]),
-        ("dataset_name", "line", ["data.name=mnist"], ["data.name='mnist'", "cifar10"]),
-        ("epsilon_above_1", "line", ["loss.epsilon=1.5"], ["loss.epsilon=1.5", "[0, 1)"]),
-        ("epsilon_negative", "line", ["loss.epsilon=-0.1"], ["loss.epsilon=-0.1", "[0, 1)"]),
-        ("lr_zero", "line", ["optim.lr=0"], ["optim.lr=0.0", "> 0"]),
-        ("lr_negative", "line", ["optim.lr=-1"], ["optim.lr=-1.0", "> 0"]),
-        ("momentum_1", "line", ["optim.momentum=1.0"], ["optim.momentum=1.0", "[0, 1)"]),
-        ("batch_size_0", "line", ["trainer.batch_size=0"], ["trainer.batch_size=0", ">= 1"]),
-        ("epochs_0", "line", ["trainer.epochs=0"], ["trainer.epochs=0", ">= 1"]),
-        ("warmup_too_long", "line", ["sched.warmup_epochs=5"], ["sched.warmup_epochs=5.0", "trainer.epochs=1"]),
-        ("n_bins_0", "line", ["metrics.n_bins=0"], ["metrics.n_bins=0", ">= 1"]),
-        ("noise_rate_1", "line", ["data.label_noise.rate=1.0"], ["data.label_noise.rate=1.0", "[0, 1)"]),
-        ("noise_kind", "line", ["data.label_noise.kind=pairwise"], ["data.label_noise.kind='pairwise'", "symmetric"]),
-        ("val_size_negative", "line", ["data.val_size=-1"], ["data.val_size=-1", ">= 0"]),
-        ("precision", "line", ["trainer.precision=fp8"], ["trainer.precision='fp8'", "bf16"]),
-        ("device", "line", ["trainer.device=tpu"], ["trainer.device='tpu'", "cuda"]),
-        ("penultimate_two_classes", "line", ["metrics.penultimate_classes=[0,1]"],
-         ["metrics.penultimate_classes=[0, 1]", "three different labels"]),
-        # Checks that need the data (data.load_dataset, train.setup, train.fit before the loop).
-        ("val_size_too_big", "line", ["data.val_size=5000"], ["data.val_size=5000", "1437 training images"]),
-        ("train_size_too_big", "line", ["data.train_size=100000"], ["data.train_size=100000", "<="]),
-        ("test_size_too_big", "line", ["data.test_size=2000"], ["data.test_size=2000", "1797"]),
-        ("class_out_of_range", "line", ["data.classes=[0,10]"], ["data.classes=[0, 10]", "[0, 10)"]),
-        ("binary_with_10_classes", "line", ["loss=binary"], ["loss.name='binary'", "2 classes", "10"]),
-        ("prior_wrong_length", "line", ["loss.prior=[0.5,0.5]"], ["loss.prior=[0.5, 0.5]", "K=10"]),
-        ("top5_with_3_classes", "line", ["metrics.top_k=5", "data.classes=[0,1,2]", "data.val_size=30"],
-         ["metrics.top_k=5", "3 classes"]),
-        ("penultimate_class_out_of_range", "line", ["metrics.penultimate_classes=[0,1,10]"],
-         ["metrics.penultimate_classes=[0, 1, 10]", "< the 10 classes of digits"]),
-        ("fp16_on_cpu", "line", ["trainer.device=cpu", "trainer.precision=fp16"], ["trainer.precision='fp16'", "CPU"]),
-        ("imagefolder_without_root", "line", ["data=imagefolder"],
-         ["data.root=None", "must be set for data=imagefolder"]),
+    return [*CONFIG_CASES,
         ("cifar_not_there", "line", ["data=cifar10", f"data.root={tmp / 'no-cifar'}", "data.download=false"],
          ["data.root=", "no-cifar", "cifar10 files not found"]),
         # Image folders.

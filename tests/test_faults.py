@@ -8,7 +8,6 @@ in epoch 2, ENOSPC on the second checkpoint); everything a user would see goes t
 from __future__ import annotations
 
 import errno
-import io
 import json
 import os
 import subprocess
@@ -20,25 +19,13 @@ import pytest
 import torch
 from test_bad_input import run_forked
 
-import ls_bench.files as files
-import ls_bench.logs as logs
 import ls_bench.train as train
-from conftest import REPO, make_config, run_cli
+from conftest import ONE, REPO, TWO, make_config, one_line, run_cli
 from ls_bench.checkpoint import load_checkpoint
 from ls_bench.cli import acquire_lock, release_lock
 from ls_bench.errors import RunFailed
 from ls_bench.logs import read_jsonl
 from ls_bench.train import fit
-
-# Digits cut to 192 training images: 3 steps of 64 per epoch, so a fault test costs seconds.
-ONE = ["trainer.epochs=1", "trainer.progress=false", "trainer.batch_size=64", "data.train_size=192"]
-TWO = [*ONE, "trainer.epochs=2"]
-
-
-def one_line(proc: subprocess.CompletedProcess) -> str:
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
-    return lines[0]
 
 
 def finite_weights(state: dict) -> bool:
@@ -77,67 +64,6 @@ def test_nan_in_epoch_2_stops_keeps_epoch_1_and_resumes_to_the_same_result(tmp_p
 
 
 # --- write error while saving -------------------------------------------------------------------
-
-
-def test_disk_full_on_the_second_checkpoint_keeps_the_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    finished = tmp_path / "finished"
-    fit(make_config(*ONE), finished)  # a run of the same sweep that had already finished
-    before = {p: p.read_bytes() for p in finished.rglob("*") if p.is_file()}
-
-    real_save, saved = torch.save, []
-
-    def save_until_disk_full(obj, f, *args, **kwargs):
-        if saved:  # second save: half the bytes reach the disk, then ENOSPC
-            buf = io.BytesIO()
-            real_save(obj, buf)
-            Path(f).write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
-        saved.append({k: v.clone() for k, v in obj["model"].items()})
-        return real_save(obj, f, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "save", save_until_disk_full)
-    run = tmp_path / "run"
-    with pytest.raises(RunFailed, match="cannot write .*last.pt.*No space left on device.*epoch 1 is kept"):
-        fit(make_config(*TWO), run)
-    state = load_checkpoint(run / "last.pt")  # still loads ...
-    assert state["epoch"] == 1  # ... and is epoch 1's, bit for bit
-    assert state["model"].keys() == saved[0].keys()
-    assert all(torch.equal(state["model"][k], saved[0][k]) for k in saved[0])
-    assert not list(run.glob(".last.pt.tmp*")), "the half-written temporary file was left behind"
-    assert "No space left" in json.loads((run / "failed.json").read_text())["reason"]
-    assert {p: p.read_bytes() for p in finished.rglob("*") if p.is_file()} == before
-
-
-@pytest.mark.parametrize("target,kept", [("metrics.jsonl", 1), ("final.json", 2)])
-def test_disk_full_on_a_run_file_stops_the_run_and_the_rerun_finishes_it_the_same(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str, kept: int) -> None:
-    real_open, writes = open, []
-
-    def disk_full(file, mode="r", *args, **kwargs):  # epoch 2's metrics line, or final.json, hits ENOSPC
-        if target in Path(file).name and "r" not in mode:
-            writes.append(file)
-            if target == "final.json" or len(writes) == 2:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file))
-        return real_open(file, mode, *args, **kwargs)
-
-    for module in (logs, files):  # these modules' writes (metrics.jsonl appends, atomic rewrites), nothing else
-        monkeypatch.setattr(module, "open", disk_full, raising=False)
-    cfg, run = make_config(*TWO), tmp_path / "run"
-    with pytest.raises(RunFailed) as failure:
-        fit(cfg, run)
-    assert str(failure.value) == (f"after epoch 2: cannot write {run / target} (No space left on device); "
-                                  f"last.pt keeps epoch {kept}: rerun the same command to resume")
-    failed = json.loads((run / "failed.json").read_text())
-    assert failed["reason"] == str(failure.value) and failed["type"] == "RunFailed"
-    assert load_checkpoint(run / "last.pt")["epoch"] == kept and not (run / "final.json").exists()
-
-    monkeypatch.undo()  # space again: the same command resumes and finishes as if nothing happened
-    resumed = fit(cfg, run)
-    clean = fit(cfg, tmp_path / "clean")
-    assert not (run / "failed.json").exists()
-    assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2]
-    drop = ("time_s",)
-    assert {k: v for k, v in resumed.items() if k not in drop} == {k: v for k, v in clean.items() if k not in drop}
 
 
 # --- damaged checkpoints, held locks, NaN: what the user sees ----------------------------------
@@ -256,24 +182,3 @@ def test_two_sweeps_into_one_folder_the_second_refuses(tmp_path: Path) -> None:
 # --- a folder that holds another config's run --------------------------------------------------
 
 
-def test_a_folder_holding_another_configs_run_is_refused_and_keeps_reporting_that_run(tmp_path: Path) -> None:
-    """Hydra rewrites .hydra/config.yaml at every launch: a rerun with a changed ε into the same
-    folder must neither inherit the old final.json nor continue the old last.pt."""
-    from ls_bench.report.runs import find_runs
-
-    done, stopped = tmp_path / "done", tmp_path / "stopped"
-    for d in (done, stopped):
-        assert run_cli(*TWO, f"hydra.run.dir={d}").returncode == 0
-    (stopped / "final.json").unlink()  # as if killed after epoch 2's checkpoint
-    before = {d: {p: p.read_bytes() for p in d.rglob("*") if p.is_file() and ".hydra" not in p.parts}
-              for d in (done, stopped)}
-    for d in (done, stopped):
-        line = one_line(run_cli(*TWO, "loss.epsilon=0.2", "optim.lr=0.1", f"hydra.run.dir={d}"))
-        assert line == (f"ls-bench: error: {d} holds a run of another config (loss.epsilon 0.0 -> 0.2, optim.lr 0.05 "
-                        f"-> 0.1); rerun it with its own config, or choose another folder (hydra.run.dir / "
-                        f"hydra.sweep.dir), or delete it")
-        assert {p: p.read_bytes() for p in d.rglob("*") if p.is_file() and ".hydra" not in p.parts} == before[d]
-    (run,) = find_runs(done)  # .hydra/config.yaml now says 0.2; the report still shows what ran
-    assert run.status == "done" and run.config["loss.epsilon"] == 0.0 and run.config["optim.lr"] == 0.05
-    again = run_cli(*TWO, "trainer.num_threads=1", f"hydra.run.dir={stopped}")  # same computation: resumes
-    assert again.returncode == 0 and "resumed from" in again.stderr + again.stdout, again.stderr
