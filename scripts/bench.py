@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 SHARED = "/work/shared/data/cifar10-jpeg"
 MODELS = ("small_cnn", "resnet20")
@@ -340,15 +341,8 @@ def comparable(a: float, b: float, n: int) -> tuple[bool, float]:
 # --- a real `ls-bench` run in a subprocess: start-up, metrics/logging time, peak memory ---------------
 
 
-def child(argv: list[str]) -> None:
-    """Run `ls-bench argv` with timers around its phases; print one JSON line on stdout at exit.
-
-    The training epoch stops after LS_BENCH_BENCH_STEPS steps (the rest of fit() runs as usual:
-    evaluation, metrics, TensorBoard + metrics.jsonl, checkpoint, temperature scaling, final.json).
-    """
-    import itertools
-
-    t0 = float(os.environ["LS_BENCH_BENCH_T0"])
+def _timed_imports(t0: float) -> tuple[dict[str, float], Any, Any, Any]:
+    """Import the CLI, torch and the package one layer at a time; marks[layer] = seconds since t0."""
     marks = {"python": time.time() - t0}
     import ls_bench.cli as cli  # hydra, omegaconf
 
@@ -363,20 +357,26 @@ def child(argv: list[str]) -> None:
     import ls_bench.train as train  # tensorboard, tqdm, the package
 
     marks["torch_import"] = time.time() - t0
-    k = int(os.environ["LS_BENCH_BENCH_STEPS"])
-    spent = {"metrics": 0.0, "logging": 0.0, "checkpoint": 0.0, "predict": 0.0}
-    info: dict = {}
+    return marks, cli, run_module, train
 
-    def timed(fn, key):
-        def wrapper(*a, **kw):
-            t = time.perf_counter()
-            try:
-                return fn(*a, **kw)
-            finally:
-                spent[key] += time.perf_counter() - t
-        return wrapper
 
-    orig_fit, orig_setup, orig_epoch = train.fit, train.setup, train.train_one_epoch
+def _timed(fn: Callable, key: str, spent: dict[str, float]) -> Callable:
+    """fn, adding its wall time to spent[key]."""
+    def wrapper(*a, **kw):
+        t = time.perf_counter()
+        try:
+            return fn(*a, **kw)
+        finally:
+            spent[key] += time.perf_counter() - t
+    return wrapper
+
+
+def _instrument(train: Any, run_module: Any, t0: float, k: int, marks: dict, spent: dict, info: dict) -> None:
+    """Wrap the loop's phases in timers and stop the training epoch after k steps."""
+    import itertools
+
+    orig_fit, orig_setup, orig_epoch, orig_batches = train.fit, train.setup, train.train_one_epoch, train.train_batches
+    batch_size = [0]
 
     def fit(cfg, run_dir):
         marks["config"] = time.time() - t0
@@ -400,21 +400,31 @@ def child(argv: list[str]) -> None:
         t = time.perf_counter()
         run.steps_per_epoch = k  # for the progress bar
         out = orig_epoch(run, itertools.islice(first_marked(batches), k), *a, **kw)
-        info["img_per_s"] = k * batches_size[0] / (time.perf_counter() - t)
+        info["img_per_s"] = k * batch_size[0] / (time.perf_counter() - t)
         return out
 
-    batches_size = [0]
-    orig_batches = train.train_batches
-
-    def train_batches(split, batch_size, *a, **kw):
-        batches_size[0] = batch_size
-        return orig_batches(split, batch_size, *a, **kw)
+    def train_batches(split, size, *a, **kw):
+        batch_size[0] = size
+        return orig_batches(split, size, *a, **kw)
 
     train.fit, train.setup, train.train_one_epoch, train.train_batches = fit, setup, train_one_epoch, train_batches
-    train.compute_metrics = timed(train.compute_metrics, "metrics")
-    run_module.predict = timed(run_module.predict, "predict")  # Run.predict calls it: every split's inference
-    train.save_checkpoint = timed(train.save_checkpoint, "checkpoint")
-    train.RunLogger.log_epoch = timed(train.RunLogger.log_epoch, "logging")
+    train.compute_metrics = _timed(train.compute_metrics, "metrics", spent)
+    run_module.predict = _timed(run_module.predict, "predict", spent)  # Run.predict calls it: every split's inference
+    train.save_checkpoint = _timed(train.save_checkpoint, "checkpoint", spent)
+    train.RunLogger.log_epoch = _timed(train.RunLogger.log_epoch, "logging", spent)
+
+
+def child(argv: list[str]) -> None:
+    """Run `ls-bench argv` with timers around its phases; print one JSON line on stdout at exit.
+
+    The training epoch stops after LS_BENCH_BENCH_STEPS steps (the rest of fit() runs as usual:
+    evaluation, metrics, TensorBoard + metrics.jsonl, checkpoint, temperature scaling, final.json).
+    """
+    t0 = float(os.environ["LS_BENCH_BENCH_T0"])
+    marks, cli, run_module, train = _timed_imports(t0)
+    spent = {"metrics": 0.0, "logging": 0.0, "checkpoint": 0.0, "predict": 0.0}
+    info: dict = {}
+    _instrument(train, run_module, t0, int(os.environ["LS_BENCH_BENCH_STEPS"]), marks, spent, info)
     sys.argv = ["ls-bench", *argv]
     try:
         cli.main()
@@ -461,7 +471,7 @@ def report_run(r: dict, tag: str) -> None:
 # --- main ------------------------------------------------------------------------------------------
 
 
-def main() -> None:
+def parse_args() -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="2,048 train / 2,000 test images, 3 epochs, one real run")
     p.add_argument("--root", default=SHARED, help="CIFAR-style ImageFolder root (train/, test/)")
@@ -480,28 +490,17 @@ def main() -> None:
     p.add_argument("--out", default="/tmp/ls-bench-bench")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args, rest = p.parse_known_args()
-    if args.child:
-        return child([a for a in rest if a != "--"])
     args.train_size = args.train_size or (2048 if args.quick else 10000)
     args.test_size = args.test_size or (2000 if args.quick else 10000)
     args.epochs = args.epochs or (3 if args.quick else 4)
     args.runs = args.runs or (1 if args.quick else 2)
     args.fp32 = args.fp32 or not args.quick
+    return args, rest
 
-    import torch
 
-    from ls_bench.machine import resolve_precision, set_threads
-
-    threads = set_threads(0)
-    lowp = resolve_precision("auto", torch.device("cpu"))
-    peak = {"fp32": peak_gflops(torch.float32)}
-    if lowp is not None:
-        peak[prec_name(lowp)] = peak_gflops(lowp)
-    from ls_bench.machine import cpu_features
-
-    print(f"CPU: {cpu_features()}")
-    print(f"torch {torch.__version__}, {threads} threads, CPU bf16 autocast: {lowp is not None}; load average "
-          f"{os.getloadavg()[0]:.1f}; GEMM peak " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
+def measure_models(args: argparse.Namespace) -> list[tuple]:
+    """Each model trained by every path side by side: (model, path, precision, img/s, ratio to the
+    reference, GFLOP/s, test acc, accuracy check) per path."""
     rows = []
     for i, name in enumerate(args.models.split(",")):
         flops = train_flops_per_image(name)
@@ -513,20 +512,43 @@ def main() -> None:
         base = img_per_s(ref)
         for path, r in runs.items():
             ips = img_per_s(r)
-            gflops = flops * ips / 1e9
             ok, tol = comparable(r["acc"], ref["acc"], ref["test"])
-            rows.append((name, path, r["precision"], ips, ips / base, gflops, r["acc"],
+            rows.append((name, path, r["precision"], ips, ips / base, flops * ips / 1e9, r["acc"],
                          "" if path == "reference" else (f"ok (|Δ| <= {tol:.3f})" if ok else f"DIFFERS (> {tol:.3f})")))
         print(f"{name}: {flops / 1e6:.1f} MFLOP per training image (fwd+bwd)", flush=True)
-    for k in peak:  # best of the measurements before and after: other processes only ever lower it
-        peak[k] = max(peak[k], peak_gflops(torch.float32 if k == "fp32" else lowp))
-    print(f"\nload average {os.getloadavg()[0]:.1f}; GEMM peak (best of start and end) "
-          + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
+    return rows
+
+
+def print_table(rows: list[tuple], peak: dict[str, float]) -> None:
     print(f"\n{'model':10s} {'path':14s} {'prec':5s} {'img/s':>7s} {'ratio':>6s} {'GFLOP/s':>8s} {'% peak':>7s} "
           f"{'test acc':>8s}  accuracy vs reference")
     for name, path, prec, ips, ratio, gf, acc, check in rows:
         pct = 100 * gf / peak[prec]
         print(f"{name:10s} {path:14s} {prec:5s} {ips:7.0f} {ratio:5.2f}x {gf:8.1f} {pct:6.1f}% {acc:8.3f}  {check}")
+
+
+def main() -> None:
+    args, rest = parse_args()
+    if args.child:
+        return child([a for a in rest if a != "--"])
+    import torch
+
+    from ls_bench.machine import cpu_features, resolve_precision, set_threads
+
+    threads = set_threads(0)
+    lowp = resolve_precision("auto", torch.device("cpu"))
+    peak = {"fp32": peak_gflops(torch.float32)}
+    if lowp is not None:
+        peak[prec_name(lowp)] = peak_gflops(lowp)
+    print(f"CPU: {cpu_features()}")
+    print(f"torch {torch.__version__}, {threads} threads, CPU bf16 autocast: {lowp is not None}; load average "
+          f"{os.getloadavg()[0]:.1f}; GEMM peak " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
+    rows = measure_models(args)
+    for k in peak:  # best of the measurements before and after: other processes only ever lower it
+        peak[k] = max(peak[k], peak_gflops(torch.float32 if k == "fp32" else lowp))
+    print(f"\nload average {os.getloadavg()[0]:.1f}; GEMM peak (best of start and end) "
+          + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
+    print_table(rows, peak)
     if not args.no_run and Path(args.root, "train").is_dir():
         print(f"\nreal run: ls-bench data=imagefolder data.root={args.root} model=resnet20 trainer.epochs=1 "
               f"({args.run_steps} training steps, then the real eval/logging/checkpoint/final)")

@@ -4,7 +4,7 @@
     python scripts/bench_metrics.py --epochs 8 --repeats 50
 
 1. A tiny run (1 epoch of digits, as in the tests) in this fresh process: the figures block of
-   train.finish, read from its log line, includes importing matplotlib.
+   finish.finish, read from its log line, includes importing matplotlib.
 2. The default digits / small_cnn config for --epochs epochs: compute_metrics on the val and test
    splits against the measured epoch time (perf/epoch_s); temperature fit; the figures block warm.
 3. compute_metrics on 10,000 x 100 float32 logits (every metric incl. top-5), 1 thread and all threads.
@@ -87,10 +87,10 @@ def bench_digits(epochs: int, repeats: int) -> None:
     train_log.setLevel(logging.INFO)
 
     def figures_s() -> tuple[float, float]:
-        """(wall, CPU) seconds of the figures block, from train.finish's log line."""
+        """(wall, CPU) seconds of the figures block, from finish.finish's log line."""
         pattern = r"calibration figures: ([\d.]+) s \(([\d.]+) s CPU"
         found = [m for msg in cap.messages for m in re.findall(pattern, msg)]
-        assert found, "train.finish did not log the figures time"
+        assert found, "finish.finish did not log the figures time"
         cap.messages.clear()
         return float(found[-1][0]), float(found[-1][1])
 

@@ -29,6 +29,50 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data" / "cifar10-jpeg"
 
 
+def variants(teacher: Path) -> dict[str, list[str]]:
+    return {
+        "label smoothing 0.1": ["loss.epsilon=0.1", "data.augment=true"],
+        "mixup": ["loss.epsilon=0.1", "mix=mixup", "data.augment=true"],
+        "cutmix (prob 1)": ["loss.epsilon=0.1", "mix=cutmix", "mix.prob=1", "data.augment=true"],
+        "margin (MbLS)": ["loss=margin", "data.augment=true"],
+        "logit_norm": ["loss=logit_norm", "data.augment=true"],
+        "distill (teacher per step)": ["loss=distill", f"loss.teacher={teacher}", "data.augment=true"],
+        "distill cached, no augment": ["loss=distill", f"loss.teacher={teacher}", "data.augment=false"],
+        "label smoothing, no augment": ["loss.epsilon=0.1", "data.augment=false"],
+    }
+
+
+def step_times(runs: dict, bs: int, steps: int, rounds: int) -> dict[str, list[float]]:
+    """ms per training step of each run, the runs taking turns one window each per round (first dropped)."""
+    import torch
+
+    from ls_bench.data.loader import train_batches
+    from ls_bench.train import train_one_epoch
+
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for r in range(rounds):
+        for name, run in runs.items():
+            run.steps_per_epoch = steps
+            batches = train_batches(run.ds.train, bs, r, run.ds.augment, run.norm)
+            mix_g = torch.Generator().manual_seed(r)
+            t = time.perf_counter()
+            train_one_epoch(run, batches, run.loss_generator(r), name, mix_g)
+            if r:
+                times[name].append((time.perf_counter() - t) / steps * 1000)
+    return times
+
+
+def print_times(times: dict[str, list[float]]) -> None:
+    base = statistics.median(times["label smoothing 0.1"])
+    base_plain = statistics.median(times["label smoothing, no augment"])
+    print(f"\n{'variant':30s} {'ms/step':>8s} {'vs LS':>8s}")
+    for name, ts in times.items():
+        ref = base_plain if "no augment" in name else base
+        print(f"{name:30s} {statistics.median(ts):8.1f} {statistics.median(ts) / ref:8.3f}"
+              f"{'   (vs LS, no augment)' if 'no augment' in name and name != 'label smoothing, no augment' else ''}")
+    sys.stdout.flush()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="resnet20")
@@ -40,10 +84,9 @@ def main() -> None:
     import torch
 
     from ls_bench.cli import compose_config
-    from ls_bench.data.loader import train_batches
     from ls_bench.machine import cpu_features
     from ls_bench.run import setup
-    from ls_bench.train import fit, train_one_epoch
+    from ls_bench.train import fit
 
     bs = 128
     n = bs * args.steps
@@ -57,38 +100,10 @@ def main() -> None:
     teacher = tmp / "teacher"
     t0 = time.perf_counter()
     fit(compose_config([*data, "model=resnet20", "trainer.progress=false", "trainer.epochs=1", "metrics.figures=false",
-                 "eval.bootstrap=0", f"trainer.batch_size={bs}"]), teacher)
+                        "eval.bootstrap=0", f"trainer.batch_size={bs}"]), teacher)
     print(f"teacher (resnet20, 1 epoch on {n} images): {time.perf_counter() - t0:.0f} s", flush=True)
-
-    variants = {
-        "label smoothing 0.1": ["loss.epsilon=0.1", "data.augment=true"],
-        "mixup": ["loss.epsilon=0.1", "mix=mixup", "data.augment=true"],
-        "cutmix (prob 1)": ["loss.epsilon=0.1", "mix=cutmix", "mix.prob=1", "data.augment=true"],
-        "margin (MbLS)": ["loss=margin", "data.augment=true"],
-        "logit_norm": ["loss=logit_norm", "data.augment=true"],
-        "distill (teacher per step)": ["loss=distill", f"loss.teacher={teacher}", "data.augment=true"],
-        "distill cached, no augment": ["loss=distill", f"loss.teacher={teacher}", "data.augment=false"],
-        "label smoothing, no augment": ["loss.epsilon=0.1", "data.augment=false"],
-    }
-    runs = {name: setup(compose_config([*common, *o])) for name, o in variants.items()}
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for r in range(args.rounds):
-        for name, run in runs.items():
-            run.steps_per_epoch = args.steps
-            batches = train_batches(run.ds.train, bs, r, run.ds.augment, run.norm)
-            mix_g = torch.Generator().manual_seed(r)
-            t = time.perf_counter()
-            train_one_epoch(run, batches, run.loss_generator(r), name, mix_g)
-            if r:
-                times[name].append((time.perf_counter() - t) / args.steps * 1000)
-    base = statistics.median(times["label smoothing 0.1"])
-    base_plain = statistics.median(times["label smoothing, no augment"])
-    print(f"\n{'variant':30s} {'ms/step':>8s} {'vs LS':>8s}")
-    for name, ts in times.items():
-        ref = base_plain if "no augment" in name else base
-        print(f"{name:30s} {statistics.median(ts):8.1f} {statistics.median(ts) / ref:8.3f}"
-              f"{'   (vs LS, no augment)' if 'no augment' in name and name != 'label smoothing, no augment' else ''}")
-    sys.stdout.flush()
+    runs = {name: setup(compose_config([*common, *o])) for name, o in variants(teacher).items()}
+    print_times(step_times(runs, bs, args.steps, args.rounds))
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -38,9 +38,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, Callable, NoReturn
 
 from ls_bench.machine import cpu_features
 
@@ -129,33 +130,54 @@ def checked_call(fn, *args):
     return fn(*args)
 
 
+def _loop_api() -> tuple[Callable, Callable, Callable, Any]:
+    """ls-bench's setup, train_one_epoch and train_batches, and the train module; ApiChanged if they moved."""
+    try:
+        import ls_bench.data.loader as loader
+        import ls_bench.run as run_module
+        import ls_bench.train as train
+
+        return run_module.setup, train.train_one_epoch, loader.train_batches, train
+    except (ImportError, AttributeError) as e:
+        raise ApiChanged(f"{e}") from None
+
+
+def _syncs_during(fn: Callable[[], object], count: bool, cuda: bool) -> Counter:
+    """Host syncs that fn() makes, by file:line, under torch.cuda.set_sync_debug_mode("warn")."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if count and cuda:
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            if count and cuda:
+                torch.cuda.set_sync_debug_mode("default")
+    return Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message).lower())
+
+
 def child_syncs(overrides: list[str]) -> dict:
     """Host syncs per training step: ls-bench's train_one_epoch over k batches of train_batches,
     under torch.cuda.set_sync_debug_mode("warn"), for k = a and k = a + NAN_CHECK_EVERY. The
     difference divided by NAN_CHECK_EVERY is the per-step count (the periodic NaN check included,
     amortised); what is left at k = a is the once-per-epoch reads (loss, accuracy, batch order)."""
     import itertools
-    import warnings
-    from collections import Counter
 
     import torch
 
     from ls_bench.cli import compose_config
 
-    try:
-        import ls_bench.data.loader as loader
-        import ls_bench.run as run_module
-        import ls_bench.train as train
-
-        setup, train_one_epoch, train_batches = run_module.setup, train.train_one_epoch, loader.train_batches
-    except (ImportError, AttributeError) as e:
-        raise ApiChanged(f"{e}") from None
+    setup, train_one_epoch, train_batches, train = _loop_api()
     cfg = compose_config(overrides)
     cuda = cfg.trainer.device != "cpu" and torch.cuda.is_available()
     # On the CPU nothing is counted: a short second window only runs the same code path.
     every = getattr(train, "NAN_CHECK_EVERY", 20) if cuda else 2
-    a = 2
-    bs = cfg.trainer.batch_size
+    a, bs = 2, cfg.trainer.batch_size
     cfg.data.train_size = (a + every) * bs  # exactly enough batches for the longest window
     run = checked_call(setup, cfg)
     try:
@@ -169,18 +191,7 @@ def child_syncs(overrides: list[str]) -> dict:
         run.steps_per_epoch = steps
         batches = itertools.islice(checked_call(train_batches, split, bs, seed, augment, norm), steps)
         g = torch.Generator(device).manual_seed(seed)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            if count and cuda:
-                torch.cuda.synchronize()
-                torch.cuda.set_sync_debug_mode("warn")
-            try:
-                checked_call(train_one_epoch, run, batches, g, "gpu_check")
-            finally:
-                if count and cuda:
-                    torch.cuda.set_sync_debug_mode("default")
-        return Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught
-                       if "synchroniz" in str(w.message).lower())
+        return _syncs_during(lambda: checked_call(train_one_epoch, run, batches, g, "gpu_check"), count, cuda)
 
     t = time.perf_counter()
     window(WARMUP_STEPS, 1, count=False)
@@ -330,7 +341,7 @@ def check_syncs(args: argparse.Namespace) -> tuple[Check, list[str]]:
 # --- main ----------------------------------------------------------------------------------------
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (default cuda)")
     p.add_argument("--cifar", type=Path, default=CIFAR, help=f"CIFAR-10 ImageFolder root (default {CIFAR})")
@@ -344,25 +355,14 @@ def main() -> int:
     p.add_argument("--run-dir", help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.child:
-        return child_main(args.child, args.run_dir, args.overrides)
-    if args.overrides:
+    if args.overrides and not args.child:
         p.error(f"unrecognized arguments: {' '.join(args.overrides)}")
+    return args
 
-    t0 = time.perf_counter()
-    header = machine_header(args.device)  # exits 2 without the CUDA device asked for
-    args.cifar = args.cifar.expanduser().resolve()
-    if not (args.cifar / "train").is_dir() or not (args.cifar / "test").is_dir():
-        die(f"gpu_check: error: --cifar {args.cifar} is not a CIFAR-10 ImageFolder tree (train/ and test/)")
-    args.out = (args.out or Path(tempfile.mkdtemp(prefix="ls-bench-gpu-check-"))).resolve()
-    args.out.mkdir(parents=True, exist_ok=True)
-    on_cpu = not args.device.startswith("cuda")
-    print(header)
-    print(f"ls-bench gpu_check{' --quick' if args.quick else ''}: device {args.device}, CIFAR-10 {args.cifar}, "
-          f"runs and logs in {args.out}\n", flush=True)
 
+def run_checks(args: argparse.Namespace) -> tuple[list[Check], list[str]]:
+    """The checks in order, each printed as it ends; the notes of the sync count."""
     checks: list[Check] = []
-    notes: list[str] = []
 
     def done(c: Check) -> None:
         checks.append(c)
@@ -372,7 +372,7 @@ def main() -> int:
     done(check_sweep("quickstart", ["experiment=quickstart", "loss.epsilon=0,0.1,0.2", *short], 3, args))
     eager, eager_ips = check_resnet(None, args, None)
     done(eager)
-    if on_cpu and args.quick:
+    if not args.device.startswith("cuda") and args.quick:
         done(Check(f"resnet20 compile={args.compile_mode}", "skip",
                    "skipped on the CPU with --quick (torch.compile takes minutes on a small CPU)"))
     else:
@@ -381,7 +381,11 @@ def main() -> int:
                                 "loss.epsilon=0,0.1", "seed=0,1", *short], 4, args))
     syncs, notes = check_syncs(args)
     done(syncs)
+    return checks, notes
 
+
+def print_summary(header: str, checks: list[Check], notes: list[str]) -> list[Check]:
+    """The table of checks; returns the failed ones."""
     width = max(len(c.name) for c in checks)
     print(f"\n{header}")
     print(f"{'check':{width}s}  {'':4s}  {'time':>7s}  result")
@@ -392,6 +396,24 @@ def main() -> int:
     failed = [c for c in checks if c.status == "FAIL"]
     for c in failed:
         print(f"  log of {c.name}: {c.log}")
+    return failed
+
+
+def main() -> int:
+    args = parse_args()
+    if args.child:
+        return child_main(args.child, args.run_dir, args.overrides)
+    t0 = time.perf_counter()
+    header = machine_header(args.device)  # exits 2 without the CUDA device asked for
+    args.cifar = args.cifar.expanduser().resolve()
+    if not (args.cifar / "train").is_dir() or not (args.cifar / "test").is_dir():
+        die(f"gpu_check: error: --cifar {args.cifar} is not a CIFAR-10 ImageFolder tree (train/ and test/)")
+    args.out = (args.out or Path(tempfile.mkdtemp(prefix="ls-bench-gpu-check-"))).resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(header)
+    print(f"ls-bench gpu_check{' --quick' if args.quick else ''}: device {args.device}, CIFAR-10 {args.cifar}, "
+          f"runs and logs in {args.out}\n", flush=True)
+    failed = print_summary(header, *run_checks(args))
     print(f"\ntotal {time.perf_counter() - t0:.0f} s; {len(failed)} failed; runs and logs in {args.out}")
     return 1 if failed else 0
 

@@ -232,7 +232,7 @@ class SplitFigures:
 
 
 def write_figures(logger: FigureLogger, run_dir: Path, split: SplitFigures) -> list[str]:
-    """The end-of-run figures of one split (the test split in train.finish): each goes to
+    """The end-of-run figures of one split (the test split in finish.finish): each goes to
     TensorBoard under `test/...` or `test_ts/...` and to `<run_dir>/<name>.png`, drawn once.
     Returns the PNG file names written.
     """

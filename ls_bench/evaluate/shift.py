@@ -1,5 +1,5 @@
 """A finished model under dataset shift and on out-of-distribution inputs: the inputs are made
-here (corrupted test images, OOD sources), the model predicts them, evaluation.py scores them.
+here (corrupted test images, OOD sources), the model predicts them, selective.py and metrics.py score them.
 
 Shift (Hendrycks & Dietterich 2019; Ovadia et al. 2019): every corruption of `eval.corruptions`
 at every severity of `eval.severities`, on the test split, seeded by `data.split_seed` so every
