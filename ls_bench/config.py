@@ -114,6 +114,9 @@ class MetricsConfig:
     top_k: Optional[int] = None  # extra top-k accuracy; default 5 when K >= 10
     figures: bool = True  # calibration PNGs + TensorBoard images at the end of each run (~0.3-1.8 s)
     penultimate_classes: List[int] = field(default_factory=lambda: [0, 1, 2])  # the 3 classes of penultimate.png
+    # post-hoc calibrators fitted on val, each scored as test_<name>/* (ls_bench.evaluate.posthoc): POSTHOC
+    posthoc: List[str] = field(default_factory=lambda: ["ts"])
+    scores: List[str] = field(default_factory=list)  # selective scores beside MSP, test/<score>/*: SCORES
 
 
 @dataclass
@@ -193,6 +196,8 @@ def _finite(x: float) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
+POSTHOC = ("ts", "vs", "ms_odir", "dirichlet", "ets", "hist", "isotonic")  # metrics.posthoc's names
+SCORES = ("msp", "max_logit", "entropy", "margin", "maxlogit_pnorm", "maxlogit_pnorm_centred")  # metrics.scores'
 COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 SIZE_HELP = "a count (a whole number >= 1) or a fraction in (0, 1) of the images there"
 
@@ -301,5 +306,13 @@ def _validate_metrics_eval(cfg: Config) -> None:
            _shown(cfg.eval.shift_size), f"must be null (the whole test split) or > 0: {SIZE_HELP}")
     _check(cfg.eval.shift_size is None or bool(cfg.eval.corruptions), "eval.shift_size", _shown(cfg.eval.shift_size),
            "is only read with eval.corruptions (no corruption is asked for)")
-    if cfg.metrics.temperature_scaling:
+    m = cfg.metrics
+    for key, names, known in (("metrics.posthoc", list(m.posthoc), POSTHOC),
+                              ("metrics.scores", list(m.scores), SCORES)):
+        _check(set(names) <= set(known) and len(set(names)) == len(names), key, names,
+               f"a list of different names out of {', '.join(known)}")
+    if m.temperature_scaling and "ts" in m.posthoc:  # temperature_scaling=false: the older way to leave ts out
         _check(d.val_size > 0, "data.val_size", _shown(d.val_size), "must be > 0 when metrics.temperature_scaling=true")
+    fitted = [x for x in m.posthoc if x != "ts"] + [x for x in m.scores if x.startswith("maxlogit_pnorm")]
+    _check(d.val_size > 0 or not fitted, "data.val_size", _shown(d.val_size),
+           f"must be > 0 for {fitted[0] if fitted else ''} (metrics.posthoc, metrics.scores: fitted on val)")

@@ -3,6 +3,7 @@ suites), predictions.npz, the calibration figures and TensorBoard's HParams entr
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -15,10 +16,12 @@ from ls_bench.config import Config
 from ls_bench.evaluate.calibration import fit_temperature
 from ls_bench.evaluate.figures import SplitFigures, select_per_class, write_figures
 from ls_bench.evaluate.metrics import compute_metrics
+from ls_bench.evaluate.posthoc import posthoc_metrics
+from ls_bench.evaluate.scores import score_metrics
 from ls_bench.evaluate.selective import evaluate_split
 from ls_bench.evaluate.shift import ood_results, shift_metrics
-from ls_bench.files import atomic_write
-from ls_bench.logs import RunLogger
+from ls_bench.files import atomic_write, atomic_write_text, write_json
+from ls_bench.logs import RunLogger, read_jsonl
 from ls_bench.run import Run
 
 log = logging.getLogger(__name__)
@@ -36,12 +39,13 @@ def finish(run: Run, history: list[dict[str, Any]], logger: RunLogger, run_dir: 
               run.predict(getattr(ds, s))
               for s in ("val", "test")}
     labels = {s: getattr(ds, s).y.cpu() for s in ("val", "test")}
-    if cfg.metrics.temperature_scaling:
+    if cfg.metrics.temperature_scaling and "ts" in cfg.metrics.posthoc:
         t = final["temperature"] = fit_temperature(logits["val"], labels["val"])
         for s in ("val", "test"):
             m = compute_metrics(logits[s] / t, labels[s], cfg.metrics.n_bins, run.top_k)
             final.update({f"{s}_ts/{k}": v for k, v in m.items()})
     extra_logits = final_evaluations(run, final, logits["test"], labels["test"], final.get("temperature"))
+    final.update(posthoc_results(cfg, logits, labels, run.top_k, run_dir))
     if len(ds.noisy_idx):
         final.update(memorisation(run))
     if run.criterion.teacher is not None:
@@ -56,6 +60,35 @@ def finish(run: Run, history: list[dict[str, Any]], logger: RunLogger, run_dir: 
         write_run_figures(run, logits, labels, final.get("temperature"), logger, run_dir)
     log_final_to_tensorboard(logger, cfg, final, history[-1])
     return final
+
+
+def posthoc_results(cfg: Config, logits: dict[str, Tensor], labels: dict[str, Tensor], top_k: int | None,
+                    run_dir: Path) -> dict[str, float]:
+    """metrics.posthoc's methods besides ts (test_<m>/*) and metrics.scores (test/<score>/*), fitted on val;
+    their parameters go to posthoc.json and their numbers into the last epoch's metrics.jsonl record too.
+    None asked for (the default): nothing is computed or written."""
+    methods = [m for m in cfg.metrics.posthoc if m != "ts"]
+    if not methods and not cfg.metrics.scores:
+        return {}
+    t0 = time.perf_counter()
+    val, test = (logits["val"], labels["val"]), (logits["test"], labels["test"])
+    out, params = posthoc_metrics(methods, val, test, cfg.metrics.n_bins, top_k, cfg.eval.bootstrap,
+                                  cfg.data.split_seed)
+    numbers, p = score_metrics(list(cfg.metrics.scores), val, test)
+    out.update(numbers)
+    write_json(run_dir / "posthoc.json", {**params, **p})
+    merge_last_record(run_dir / "metrics.jsonl", out)
+    log.info("post-hoc calibration and scores (%s): %.2f s", ", ".join([*methods, *cfg.metrics.scores]),
+             time.perf_counter() - t0)
+    return out
+
+
+def merge_last_record(path: Path, values: dict[str, float]) -> None:
+    """Add `values` to the last epoch's record of metrics.jsonl (rewritten atomically)."""
+    rows = read_jsonl(path)
+    if rows:
+        rows[-1].update(values)
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 HPARAM_SECTIONS = ("test", "test_ts", "val", "temperature")  # the metrics of TensorBoard's HParams tab

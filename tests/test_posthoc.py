@@ -5,6 +5,8 @@ HistogramTopCalibrator, Zhang et al.'s ETS weight fit and formula, and torch aut
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -172,3 +174,48 @@ def test_posthoc_metrics_reports_each_method_and_its_argmax_changes(data) -> Non
 def test_unknown_method_is_named() -> None:
     with pytest.raises(ValueError, match="unknown post-hoc method 'platt'"):
         posthoc.fit("platt", torch.zeros(3, 2), torch.zeros(3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["metrics.posthoc=[ts,platt]"], "metrics.posthoc=['ts', 'platt'] is invalid: a list of different names out of ts"),
+    (["metrics.posthoc=[vs,vs]"], "metrics.posthoc=['vs', 'vs'] is invalid"),
+    (["metrics.scores=[doctor]"], "metrics.scores=['doctor'] is invalid: a list of different names out of msp"),
+    (["data.val_size=0", "metrics.temperature_scaling=false", "metrics.posthoc=[ts,dirichlet]"],
+     "data.val_size=0 is invalid: must be > 0 for dirichlet (metrics.posthoc, metrics.scores: fitted on val)"),
+    (["data.val_size=0", "metrics.posthoc=[]", "metrics.scores=[maxlogit_pnorm]"],
+     "data.val_size=0 is invalid: must be > 0 for maxlogit_pnorm"),
+])
+def test_bad_posthoc_config_is_refused_in_one_line(overrides: list[str], message: str) -> None:
+    from conftest import make_config
+    from ls_bench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        make_config(*overrides)
+
+
+def test_no_validation_split_without_fitted_methods_is_fine() -> None:
+    from conftest import make_config
+
+    make_config("data.val_size=0", "metrics.posthoc=[]", "metrics.scores=[msp,margin]")
+
+
+def test_a_run_writes_each_method_everywhere(tmp_path) -> None:
+    """final.json, the last metrics.jsonl record and posthoc.json (JSON, not pickle); test_ts/* unchanged."""
+    import json
+
+    from conftest import TINY, make_config
+    from ls_bench.logs import read_jsonl
+    from ls_bench.train import fit as train
+
+    final = train(make_config(*TINY, "metrics.posthoc=[ts,vs,hist]", "metrics.scores=[maxlogit_pnorm]",
+                              "metrics.figures=false"), tmp_path)
+    last = read_jsonl(tmp_path / "metrics.jsonl")[-1]
+    for key in ("test_vs/ece", "test_vs/acc", "test_hist/nll", "test_vs/argmax_changed", "test/maxlogit_pnorm/aurc"):
+        assert key in final and last[key] == final[key]
+    assert "test_ts/ece" in final and "test_ts/ece" not in last  # ts's keys stay where they were
+    saved = json.loads((tmp_path / "posthoc.json").read_text())
+    assert set(saved) == {"vs", "hist", "maxlogit_pnorm"} and len(saved["vs"]["a"]) == 10
+    with np.load(tmp_path / "predictions.npz") as f:
+        z = torch.from_numpy(f["test_logits"])
+    y = torch.from_numpy(np.load(tmp_path / "predictions.npz")["test_labels"])
+    assert compute_metrics(posthoc.apply("vs", saved["vs"], z), y, top_k=5)["ece"] == final["test_vs/ece"]

@@ -27,12 +27,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ls_bench.config import POSTHOC
 from ls_bench.evaluate import linear
 from ls_bench.evaluate.calibration import fit_temperature
 from ls_bench.evaluate.metrics import compute_metrics
 from ls_bench.evaluate.selective import equal_mass_edges, evaluate_split
 
-METHODS = ("ts", "vs", "ms_odir", "dirichlet", "ets", "hist", "isotonic")
 TIE_BREAK = 1e-9  # Zhang et al.'s + 1e-9·q in isotonic (and here in hist): no zero row, argmax ties broken by q
 TINY = np.finfo(np.float64).tiny  # log floor of a mixture's probabilities (ets)
 
@@ -160,7 +160,7 @@ def fit(method: str, logits: Tensor, labels: Tensor, n_bins: int = 15) -> dict:
         return fit_hist(z, y, n_bins)
     if method == "isotonic":
         return fit_isotonic(z, y)
-    raise ValueError(f"unknown post-hoc method {method!r}; known: {', '.join(METHODS)}")
+    raise ValueError(f"unknown post-hoc method {method!r}; known: {', '.join(POSTHOC)}")
 
 
 ON = {"vs": "logits", "ms_odir": "logits", "dirichlet": "logprobs"}
