@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+from ls_bench.config import POSTHOC, SCORES
 from ls_bench.report.runs import RunResult, numeric_keys
 from ls_bench.report.stats import LEVEL, Baseline, Group, build_groups, value_label
 from ls_bench.report.tables import md_table, tables
@@ -15,6 +16,8 @@ from ls_bench.report.tables import md_table, tables
 SELECTIVE = ("test/aurc", "test/eaurc", "test/risk_cov80", "test_ts/aurc", "test/ece_lo", "test/ece_hi",
              "test/dece", "test/smece")
 SHIFT = ("acc", "nll", "ece", "ts_ece")  # per severity: shift/s<k>/<key>
+POSTHOC_KEYS = ("acc", "nll", "ece", "aurc")  # per post-hoc method: test_<m>/<key>
+SCORE_KEYS = ("aurc", "augrc", "cov_at_5risk")  # per selective score: test/<score>/<key>
 
 
 def section_metrics(runs: Sequence[RunResult]) -> dict[str, list[str]]:
@@ -26,6 +29,12 @@ def section_metrics(runs: Sequence[RunResult]) -> dict[str, list[str]]:
         "Shift: mean over the corruptions, by severity": [f"shift/s{s}/{key}" for s in severities for key in SHIFT
                                                           if f"shift/s{s}/{key}" in keys],
         "OOD detection (AUROC, in-distribution positive)": sorted(k for k in keys if re.fullmatch(r"ood/.+/auroc", k)),
+        # only with a method besides ts (metrics.posthoc, ls-bench-eval): today's reports stay as they were
+        "Post-hoc calibration (fitted on val; uncalibrated: test/*)": [
+            f"test_{m}/{key}" for m in POSTHOC for key in POSTHOC_KEYS if f"test_{m}/{key}" in keys]
+        if any(k.startswith(tuple(f"test_{m}/" for m in POSTHOC if m != "ts")) for k in keys) else [],
+        "Selective scores (metrics.scores)": [f"test/{s}/{key}" for s in SCORES for key in SCORE_KEYS
+                                               if f"test/{s}/{key}" in keys],
     }
     return {title: ks for title, ks in sections.items() if ks}
 
