@@ -6,12 +6,13 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
+import logging
 import os
 import socket
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import Any, Iterator, NoReturn, Sequence
 
 import hydra
 from hydra.core.config_store import ConfigStore
@@ -26,6 +27,9 @@ from ls_bench.errors import ConfigError, RunFailed, first_line, invalid
 from ls_bench.signals import ctrl_c_raises
 
 ConfigStore.instance().store(name="ls_bench_schema", node=Config)
+# Optuna imports alembic (its database schemas), which logs one INFO line per plugin it sets up
+# ("setup plugin alembic.autogenerate.tables", ...) at the start of every study.
+logging.getLogger("alembic").setLevel(logging.WARNING)
 # Job folder names leave out the keys that do not change what a run computes (config.NOT_COMPUTED,
 # one list with check_same_run and the report's grouping) and the given locations (config.yaml):
 # a sweep relaunched with another thread count or data folder resumes its own runs.
@@ -89,11 +93,6 @@ def _configure_threads() -> None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _run(cfg: DictConfig) -> float | None:
-    from ls_bench.checkpoint import CheckpointError  # torch loads after parsing
-    from ls_bench.machine import device_for_job, release_failed_run
-    from ls_bench.signals import Interrupted
-    from ls_bench.train import fit
-
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     lock = run_dir / ".lock"
@@ -102,12 +101,91 @@ def _run(cfg: DictConfig) -> float | None:
     except LockHeld as e:
         _fail(f"ls-bench: error: {run_dir} is in use: {e}", hc.mode)
     try:
+        with counting_trial():
+            return _job(cfg, run_dir)
+    finally:
+        release_lock(lock, lock_fd)
+
+
+def _job(cfg: DictConfig, run_dir: Path) -> float | None:
+    """The job's run (with search.seeds, its runs) and the value a sweeper that optimises gets
+    back: search.optimize, default val/nll (the mean over search.seeds). Without a finite value the
+    trial fails (Optuna marks it FAIL); a sweeper that ignores values (the basic one) gets None."""
+    from ls_bench.search import objective, trial_runs  # torch loads after parsing
+
+    mode = HydraConfig.get().mode
+    config = _job_config(cfg, run_dir)
+    finals = [_fit(c, d, mode) for c, d in trial_runs(config, run_dir)]
+    try:
+        return objective(config, finals, run_dir)
+    except RunFailed as e:
+        if not _optimizing():
+            return None
+        _fail(f"ls-bench: trial failed ({run_dir}): {e}", mode)
+
+
+def _optimizing() -> bool:
+    """The sweeper reads the job's return value (Optuna), unlike Hydra's basic sweeper."""
+    hc = HydraConfig.get()
+    return hc.mode == RunMode.MULTIRUN and not str(hc.sweeper.get("_target_", "")).endswith(".BasicSweeper")
+
+
+_TRIALS_WITH_A_VALUE: list[bool] = []  # this process's trials of a study (the basic launcher runs them all here)
+
+
+@contextlib.contextmanager
+def counting_trial() -> Iterator[None]:
+    """A study whose every trial failed ends in one line: Optuna would raise "No trials are
+    completed yet" with a traceback once the last trial is told. A failed trial (UserError) is
+    otherwise passed on: the sweeper marks it FAIL and goes on."""
+    if not _optimizing():
+        yield
+        return
+    hc = HydraConfig.get()
+    try:
+        yield
+        _TRIALS_WITH_A_VALUE.append(True)
+    except UserError as e:
+        _TRIALS_WITH_A_VALUE.append(False)
+        n_trials, seen = hc.sweeper.get("n_trials"), _TRIALS_WITH_A_VALUE
+        if len(seen) == n_trials and hc.job.get("num") == n_trials - 1 and not any(seen):
+            _exit(f"ls-bench: error: all {n_trials} trials of the study failed, so it has no best trial (the report "
+                  f"below lists why); the last: {e}")
+        raise
+
+
+def _job_config(cfg: DictConfig, run_dir: Path) -> Config:
+    """The typed, checked Config of this job, on its device; a ConfigError ends the job here."""
+    from ls_bench.machine import device_for_job
+    from ls_bench.search import check_objective
+
+    hc = HydraConfig.get()
+    try:
         config = to_config(cfg)
         _configure_threads()
         config.trainer.device = device_for_job(config.trainer.device, hc.job.get("num"))
-        final = fit(config, run_dir)
-    except (ConfigError, CheckpointError) as e:
+    except ConfigError as e:
         _fail(f"ls-bench: error: {e}", hc.mode, run_dir, type(e).__name__)
+    if _optimizing() or config.search.seeds:
+        try:
+            check_objective(config)
+        except ConfigError as e:  # every trial would fail alike: the study ends at its first, with nothing to report
+            _SWEEPS_TO_REPORT.clear()
+            _exit(f"ls-bench: error: {e}")
+    return config
+
+
+def _fit(config: Config, run_dir: Path, mode: RunMode | None) -> dict[str, Any]:
+    """train.fit into run_dir, its failures as one line (and failed.json in a sweep)."""
+    from ls_bench.checkpoint import CheckpointError  # torch loads after parsing
+    from ls_bench.machine import release_failed_run
+    from ls_bench.signals import Interrupted
+    from ls_bench.train import fit
+
+    try:
+        return fit(config, run_dir)
+    except (ConfigError, CheckpointError) as e:
+        _fail(f"ls-bench: error: {e}", mode, run_dir, type(e).__name__)
     except Interrupted as e:
         # Not a failure of this run, and the end of the sweep: SystemExit is not an Exception, so
         # Hydra's launcher does not record it and go on to the next job; the process exits.
@@ -115,10 +193,7 @@ def _run(cfg: DictConfig) -> float | None:
         raise SystemExit(128 + e.signum) from None
     except RunFailed as e:
         release_failed_run(e)  # Hydra keeps the exception: its frames must not keep the model on the GPU
-        _fail(f"ls-bench: run failed ({run_dir}): {e}; see failed.json", hc.mode)
-    finally:
-        release_lock(lock, lock_fd)
-    return final.get("val/nll")  # the value a Hydra sweeper would minimise
+        _fail(f"ls-bench: run failed ({run_dir}): {e}; see failed.json", mode)
 
 
 def _fail(message: str, mode: RunMode | None, failed_dir: Path | None = None, kind: str = "ConfigError") -> NoReturn:
@@ -255,10 +330,78 @@ def _report_sweep(sweep_dir: Path) -> None:
               file=sys.stderr)
 
 
+# --- Hydra's own usage errors, as one line ------------------------------------------------------
+
+# Hydra's run modes (its arguments' names) and how they are typed; Hydra accepts one at a time.
+_MODES = {"multirun": "-m", "cfg": "--cfg", "info": "--info", "run": "--run", "shell_completion": "--shell-completion"}
+_DOES = {"-m": "runs a sweep", "--cfg": "prints one run's config", "--info": "prints what Hydra found",
+         "--run": "runs one run", "--shell-completion": "installs shell completion"}
+
+
+def check_usage(argv: Sequence[str]) -> None:
+    """Hydra's own usage errors (an unknown option, two run modes such as -m with --cfg, --resolve
+    without --cfg, a sweep's values without -m) as one line naming what to do, where Hydra prints
+    its usage text, a traceback or a numbered list. Parsed with Hydra's own parser (hydra-core 1.3)."""
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+    parser.error = lambda message: _exit(f"ls-bench: error: {message}; the options: ls-bench --hydra-help")
+    args = parser.parse_args(argv)
+    if args.help or args.hydra_help:
+        return
+    modes = [flag for name, flag in _MODES.items() if getattr(args, name) not in (None, False)]
+    if len(modes) > 1:
+        _exit(_two_modes(modes[0], modes[1], argv))
+    if args.resolve and args.cfg is None:
+        _exit(f"ls-bench: error: --resolve only changes what --cfg prints; add --cfg job: "
+              f"ls-bench --cfg job {' '.join(argv)}")
+    if not args.multirun:
+        _check_single_values(args.overrides, "--cfg" if args.cfg else "--info" if args.info else "")
+    _check_plugin(args.overrides)
+
+
+def _two_modes(first: str, second: str, argv: Sequence[str]) -> str:
+    """The one line for two run modes; with -m, the command to type instead (without -m, or
+    without --run when the other is --run)."""
+    line = f"ls-bench: error: {first} {_DOES[first]} and {second} {_DOES[second]}, not both"
+    if first != "-m":
+        return f"{line}; give one of them"
+    drop = ("--run", "-r") if second == "--run" else ("-m", "--multirun")
+    return f"{line}; drop {drop[0]}: ls-bench {' '.join(a for a in argv if a not in drop)}"
+
+
+def _check_single_values(overrides: Sequence[str], mode: str) -> None:
+    """Without -m, `key=a,b` (or range(), interval(), ...) is an error in Hydra: say what to do."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception:  # a syntax error: Hydra's own message names it
+        return
+    for o in parsed:
+        if o.is_sweep_override():
+            key = o.get_key_element()
+            if mode:
+                _exit(f"ls-bench: error: {o.input_line} is a sweep and {mode} shows one run: give {key} one value")
+            _exit(f"ls-bench: error: {o.input_line} is a sweep: add -m to run one job per value "
+                  f"(ls-bench -m ...), or give {key} one value (a list is written {key}=[a,b])")
+
+
+def _check_plugin(overrides: Sequence[str]) -> None:
+    """The Optuna sweeper is an extra: asked for and not installed, one line says how to get it."""
+    import importlib.util
+
+    asked = {"hydra/sweeper=optuna", "hydra/sweeper=search", "experiment=search_epsilon", "+experiment=search_epsilon"}
+    if asked & set(overrides) and importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
+        _exit("ls-bench: error: the Optuna sweeper is not installed: pip install -e \".[optuna]\" "
+              "(or pip install \"ls-bench[optuna]\")")
+
+
 def main() -> None:
     if "--debug" in sys.argv:  # full Python tracebacks for every error
         sys.argv.remove("--debug")
         os.environ["HYDRA_FULL_ERROR"] = "1"
+    check_usage(sys.argv[1:])
     ctrl_c_raises()
     interrupted = False
     try:

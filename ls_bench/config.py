@@ -140,6 +140,16 @@ class SeedsConfig:
 
 
 @dataclass
+class SearchConfig:
+    """What a run returns to a Hydra sweeper that optimises (hydra/sweeper=optuna, experiment=search_epsilon)."""
+
+    optimize: str = "val/nll"  # the final.json metric returned as the objective (a split/name metric, or temperature)
+    # [] = the run's own seed; [0, 1, 2]: the job runs these seeds in sequence, each in its folder
+    # seed=N (written like any run), and returns the objective's mean over them
+    seeds: List[int] = field(default_factory=list)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -152,13 +162,15 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     seeds: SeedsConfig = field(default_factory=SeedsConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
 
 # Keys that change where or how visibly a run executes, not what it computes: the report groups
 # runs across them, and a run directory resumes across them.
 NOT_COMPUTED = frozenset({"trainer.progress", "trainer.device", "trainer.num_threads", "trainer.checkpoint",
                           "data.root", "data.cache_dir", "data.download", "metrics.figures",
-                          "metrics.penultimate_classes", "eval.ood_root"})
+                          "metrics.penultimate_classes", "eval.ood_root",
+                          "search.optimize", "search.seeds"})
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -235,6 +247,7 @@ def validate(cfg: Config) -> None:
     _validate_optim_sched(cfg.optim, cfg.sched, cfg.trainer.epochs)
     _validate_trainer(cfg.trainer)
     _validate_metrics_eval(cfg)
+    _validate_search(cfg)
 
 
 def _validate_loss(lo: LossConfig) -> None:
@@ -316,3 +329,12 @@ def _validate_metrics_eval(cfg: Config) -> None:
     fitted = [x for x in m.posthoc if x != "ts"] + [x for x in m.scores if x.startswith("maxlogit_pnorm")]
     _check(d.val_size > 0 or not fitted, "data.val_size", _shown(d.val_size),
            f"must be > 0 for {fitted[0] if fitted else ''} (metrics.posthoc, metrics.scores: fitted on val)")
+
+
+def _validate_search(cfg: Config) -> None:
+    seeds = list(cfg.search.seeds)
+    _check(len(set(seeds)) == len(seeds) and all(s >= 0 for s in seeds), "search.seeds", seeds,
+           "seeds >= 0 that do not repeat, e.g. [0,1,2]")
+    fixed = [k for k in ("init", "data") if getattr(cfg.seeds, k) is not None]
+    _check(not seeds or not fixed, "search.seeds", seeds,
+           f"would give every seed the same seeds.{fixed[0] if fixed else ''}: leave seeds.* unset")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import TINY, run_cli
@@ -45,3 +46,32 @@ def test_a_sweep_that_started_no_job_prints_no_report(tmp_path: Path) -> None:
     r = run_cli("-m", "loss.epsilon=abc,0.1", *TINY, f"hydra.sweep.dir={tmp_path}")  # Hydra refuses job 1
     assert r.returncode != 0 and "loss.epsilon" in r.stderr
     assert "report" not in r.stdout + r.stderr and not list(tmp_path.glob("summary.*"))
+
+
+@pytest.mark.parametrize("args,line", [
+    (["-m", "experiment=quickstart", "--cfg", "job"],
+     "ls-bench: error: -m runs a sweep and --cfg prints one run's config, not both; drop -m: "
+     "ls-bench experiment=quickstart --cfg job"),
+    (["--run", "-m", "loss.epsilon=0,0.1"],
+     "ls-bench: error: -m runs a sweep and --run runs one run, not both; drop --run: ls-bench -m loss.epsilon=0,0.1"),
+    (["--cfg", "job", "--info"],
+     "ls-bench: error: --cfg prints one run's config and --info prints what Hydra found, not both; give one of them"),
+    (["--resolve", "loss.epsilon=0.1"],
+     "ls-bench: error: --resolve only changes what --cfg prints; add --cfg job: ls-bench --cfg job --resolve "
+     "loss.epsilon=0.1"),
+    (["loss.epsilon=0,0.1"],
+     "ls-bench: error: loss.epsilon=0,0.1 is a sweep: add -m to run one job per value (ls-bench -m ...), or give "
+     "loss.epsilon one value (a list is written loss.epsilon=[a,b])"),
+    (["--cfg", "job", "seed=range(3)"],
+     "ls-bench: error: seed=range(3) is a sweep and --cfg shows one run: give seed one value"),
+    (["--cfg", "jobs"], "ls-bench: error: argument --cfg/-c: invalid choice: 'jobs' (choose from 'job', 'hydra', "
+                        "'all'); the options: ls-bench --hydra-help"),
+    (["--bogus"], "ls-bench: error: unrecognized arguments: --bogus; the options: ls-bench --hydra-help"),
+])
+def test_hydra_usage_errors_are_one_line_naming_what_to_do(args: list[str], line: str, tmp_path: Path) -> None:
+    """Hydra's own usage errors (its usage text, a ValueError traceback, a numbered list) as one
+    line, status 2, before anything is composed or written."""
+    r = run_cli(*args, cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [line] and r.stdout == ""
+    assert not list(tmp_path.iterdir())  # no outputs/

@@ -24,6 +24,7 @@ from ls_bench.report.plots import plot_curves, plot_metrics, plot_reliability
 from ls_bench.report.robustness import markdown_sections, plot_shift
 from ls_bench.report.runs import RunResult, find_runs, numeric_keys, present, problems
 from ls_bench.report.stats import EPSILON_KEY, LEVEL, Baseline, Group, build_groups, parse_baseline
+from ls_bench.report.study import TITLE, study_section
 from ls_bench.report.tables import csv_rows, md_table, tables, text_table, write_csv
 
 # The metrics of the report, in table order; those absent from every final.json are left out.
@@ -74,6 +75,8 @@ def report(sweep_dir: Path, plots: bool = True, out: Any = sys.stdout, metrics: 
                md_table(dhead, drows)]
     sections, section_groups = markdown_sections(runs, base)  # selective, shift, OOD: when runs have them
     sections = ece_section(runs, base) + sections  # ECE's error bar: when the runs saved predictions
+    study = study_section(sweep_dir, runs)  # an Optuna sweep: what it found, every trial's objective
+    sections = study + sections
     md += sections
     if notes:
         md += ["", "## Unfinished runs", "", *(f"- {line}" for line in notes)]
@@ -84,6 +87,8 @@ def report(sweep_dir: Path, plots: bool = True, out: Any = sys.stdout, metrics: 
         md += ["", *(f"![{n}]({n})" for n in figures)]
     atomic_write_text(out_dir / "summary.md", "\n".join(md) + "\n")
     print_summary(out, sweep_dir, runs, groups, keys, metrics, base, sections, notes)
+    if study:
+        print(f"\n{TITLE}: {study[3]}", file=out)  # its headline
     print(f"wrote {', '.join(written)} in {out_dir}", file=out)
     return groups
 

@@ -41,12 +41,15 @@ class RunResult:
             return torch.from_numpy(f[f"{split}_logits"]), torch.from_numpy(f[f"{split}_labels"]).long()
 
 
-def read_run(job_dir: Path) -> RunResult:
+def read_run(job_dir: Path, config: dict[str, Any] | None = None) -> RunResult:
+    """The run in job_dir; `config` stands in for .hydra/config.yaml in a folder without one (a seed of a trial)."""
     # The config the run recorded when it started, if it did: Hydra rewrites .hydra/config.yaml at
     # every launch, even one that fit() then refuses because the folder holds another config's run.
     info = read_json(job_dir / "run_info.json")
-    config = info["config"] if isinstance(info.get("config"), dict) else \
-        flatten(yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text()) or {})
+    if isinstance(info.get("config"), dict):
+        config = info["config"]
+    elif config is None:
+        config = flatten(yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text()) or {})
     if (job_dir / "final.json").exists():
         return RunResult(job_dir, config, "done", json.loads((job_dir / "final.json").read_text()))
     if (job_dir / "failed.json").exists():
@@ -62,8 +65,18 @@ def read_run(job_dir: Path) -> RunResult:
 
 
 def find_runs(sweep_dir: Path) -> list[RunResult]:
-    """Every job directory (one holding .hydra/config.yaml) at or below sweep_dir."""
-    return [read_run(p.parent.parent) for p in sorted(sweep_dir.rglob(".hydra/config.yaml"))]
+    """Every run at or below sweep_dir: each job directory (one holding .hydra/config.yaml), or,
+    for a job that ran search.seeds (an Optuna trial: trial.json), each of its seeds' folders."""
+    runs = []
+    for p in sorted(sweep_dir.rglob(".hydra/config.yaml")):
+        job = p.parent.parent
+        trial = read_json(job / "trial.json")
+        if not isinstance(trial.get("runs"), list):
+            runs.append(read_run(job))
+            continue
+        config = flatten(yaml.safe_load(p.read_text()) or {})
+        runs += [read_run(job / name, {**config, "seed": seed}) for name, seed in zip(trial["runs"], trial["seeds"])]
+    return runs
 
 
 def present(runs: Sequence[RunResult], metrics: Sequence[str]) -> list[str]:
