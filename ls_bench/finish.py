@@ -17,7 +17,7 @@ from ls_bench.evaluate.calibration import fit_temperature
 from ls_bench.evaluate.figures import SplitFigures, select_per_class, write_figures
 from ls_bench.evaluate.metrics import compute_metrics
 from ls_bench.evaluate.posthoc import posthoc_metrics
-from ls_bench.evaluate.scores import score_metrics
+from ls_bench.evaluate.scores import best_normalised, score_metrics
 from ls_bench.evaluate.selective import evaluate_split
 from ls_bench.evaluate.shift import ood_results, shift_metrics
 from ls_bench.files import atomic_write, atomic_write_text, write_json
@@ -57,7 +57,8 @@ def finish(run: Run, history: list[dict[str, Any]], logger: RunLogger, run_dir: 
                                 "temperature_applied_to": "*_ts/ only"}
     save_predictions(run_dir / "predictions.npz", logits, labels, extra_logits)
     if cfg.metrics.figures:
-        write_run_figures(run, logits, labels, final.get("temperature"), logger, run_dir)
+        write_run_figures(run, logits, labels, final.get("temperature"), logger, run_dir,
+                          best_normalised(final, logits["test"]))
     log_final_to_tensorboard(logger, cfg, final, history[-1])
     return final
 
@@ -156,7 +157,7 @@ def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def write_run_figures(run: Run, logits: dict[str, Tensor], labels: dict[str, Tensor], temperature: float | None,
-                      logger: RunLogger, run_dir: Path) -> None:
+                      logger: RunLogger, run_dir: Path, scores: dict[str, Tensor] | None = None) -> None:
     """The test split's figures, once per run: PNGs in run_dir, images in TensorBoard.
     A plotting failure is logged and never loses the run's metrics."""
     cfg, model = run.cfg, run.model
@@ -171,7 +172,7 @@ def write_run_figures(run: Run, logits: dict[str, Tensor], labels: dict[str, Ten
         write_figures(logger, run_dir, SplitFigures(logits["test"], labels["test"], cfg.metrics.n_bins, temperature,
                                                     pen,
                                                     run.ds.classes, f"{cfg.model.name}, {cfg.loss.name} "
-                                                                    f"eps={cfg.loss.epsilon:g}"))
+                                                                    f"eps={cfg.loss.epsilon:g}", scores))
     except Exception as e:  # a plotting failure must not lose the run's metrics
         log.warning("calibration figures failed (%s: %s); metrics are unaffected", type(e).__name__, e)
     log.info("calibration figures: %.2f s (%.2f s CPU)", time.perf_counter() - t_fig, time.process_time() - cpu_fig)

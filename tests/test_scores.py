@@ -93,3 +93,18 @@ def test_score_metrics_names_and_p() -> None:
     assert params["maxlogit_pnorm"]["p"] in P_RANGE and out["test/maxlogit_pnorm/p"] == params["maxlogit_pnorm"]["p"]
     assert set(out) == {f"test/{s}/{k}" for s in ("msp", "maxlogit_pnorm") for k in
                         ("aurc", "eaurc", "augrc", "cov_at_5risk")} | {"test/maxlogit_pnorm/p"}
+
+
+def test_risk_coverage_figure_gets_the_best_normalised_score() -> None:
+    from ls_bench.evaluate.figures import risk_coverage_curve
+    from ls_bench.evaluate.scores import best_normalised
+
+    z, y = random_logits(200, 10, seed=7)
+    final = {"test/maxlogit_pnorm/aurc": 0.2, "test/maxlogit_pnorm/p": 3.0,
+             "test/maxlogit_pnorm_centred/aurc": 0.1, "test/maxlogit_pnorm_centred/p": 2.0}
+    best = best_normalised(final, z)
+    assert list(best) == ["maxlogit_pnorm_centred (p = 2)"]
+    assert torch.equal(best["maxlogit_pnorm_centred (p = 2)"], score("maxlogit_pnorm_centred", z, 2))
+    assert best_normalised({}, z) == {}
+    labels = [ln.get_label() for ln in risk_coverage_curve(z, y, 1.5, scores=best).axes[0].get_lines()]
+    assert labels[0].startswith("before TS") and labels[2].startswith("maxlogit_pnorm_centred (p = 2): AURC")

@@ -128,11 +128,13 @@ def confidence_histogram(logits: Tensor, labels: Tensor, n_bins: int = 15, tempe
     return fig
 
 
-def risk_coverage_curve(logits: Tensor, labels: Tensor, temperature: float | None = None, title: str = "") -> "Figure":
+def risk_coverage_curve(logits: Tensor, labels: Tensor, temperature: float | None = None, title: str = "",
+                        scores: dict[str, Tensor] | None = None) -> "Figure":
     """Selective risk against coverage with the max softmax probability as the confidence
     (Geifman & El-Yaniv 2017), the area under it (AURC) in the legend; the curve of a perfect
     ranking with the same errors (the floor that E-AURC is measured from) dashed; and, with
-    `temperature`, the same after temperature scaling, which can reorder samples across classes."""
+    `temperature`, the same after temperature scaling, which can reorder samples across classes.
+    `scores`: other confidence scores [N] of the same predictions (ls_bench.evaluate.scores), a curve each."""
     check_inputs(logits, labels)
     curves = [("before TS", 1.0, "tab:blue")]
     if temperature is not None:
@@ -143,6 +145,10 @@ def risk_coverage_curve(logits: Tensor, labels: Tensor, temperature: float | Non
     for name, t, color in curves:
         conf, correct = confidence_correct(logits / t, labels)
         coverage, risk = risk_coverage(conf, correct)
+        ax.plot(coverage.numpy(), risk.numpy(), color=color, linewidth=1.2,
+                label=f"{name}: AURC {float(risk.mean()):.4f}")
+    for (name, s), color in zip((scores or {}).items(), ("tab:green", "tab:red", "tab:purple")):
+        coverage, risk = risk_coverage(s, confidence_correct(logits, labels)[1])
         ax.plot(coverage.numpy(), risk.numpy(), color=color, linewidth=1.2,
                 label=f"{name}: AURC {float(risk.mean()):.4f}")
     optimal = optimal_risk(n, n - errors)
@@ -229,6 +235,7 @@ class SplitFigures:
     penultimate: tuple[Tensor, Tensor, Tensor, Sequence[int]] | None = None
     class_names: Sequence[str] | None = None
     title: str = ""
+    scores: dict[str, Tensor] | None = None  # extra confidence scores for risk_coverage.png, by legend name
 
 
 def write_figures(logger: FigureLogger, run_dir: Path, split: SplitFigures) -> list[str]:
@@ -245,7 +252,8 @@ def write_figures(logger: FigureLogger, run_dir: Path, split: SplitFigures) -> l
         "confidence_hist": ("test/confidence_hist", lambda: confidence_histogram(
             logits, labels, n_bins, temperature, f"test confidence, {title}" if title else "test confidence")),
         "risk_coverage": ("test/risk_coverage", lambda: risk_coverage_curve(
-            logits, labels, temperature, f"test risk-coverage, {title}" if title else "test risk-coverage")),
+            logits, labels, temperature, f"test risk-coverage, {title}" if title else "test risk-coverage",
+            split.scores)),
     }
     if temperature is not None:
         figs["reliability_test_ts"] = ("test_ts/reliability", lambda: reliability_diagram(

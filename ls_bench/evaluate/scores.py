@@ -73,6 +73,17 @@ def choose_p(name: str, logits: Tensor, labels: Tensor) -> int:
     return P_RANGE[aurcs.index(min(aurcs))]
 
 
+def best_normalised(final: dict, logits: Tensor) -> dict[str, Tensor]:
+    """{legend: score} of the p-normalised score with the lowest test AURC in `final` (for
+    risk_coverage.png beside MSP); {} when the run computed none."""
+    done = [n for n in FITTED if f"test/{n}/aurc" in final]
+    if not done:
+        return {}
+    name = min(done, key=lambda n: final[f"test/{n}/aurc"])
+    p = int(final[f"test/{name}/p"])
+    return {f"{name} (p = {p})": score(name, logits, p)}
+
+
 def score_metrics(names: list[str], val: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor]
                   ) -> tuple[dict[str, float], dict[str, dict]]:
     """({"test/<score>/<metric>": value}, {score: {"p": p}}) for each score, p chosen on `val`."""
