@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 from ls_bench.files import atomic_write_text
 from ls_bench.report.ece import ece_section
+from ls_bench.report.ensembles import ensemble_section
 from ls_bench.report.plots import plot_curves, plot_metrics, plot_reliability
 from ls_bench.report.robustness import markdown_sections, plot_shift
 from ls_bench.report.runs import RunResult, find_runs, numeric_keys, present, problems
@@ -75,6 +76,7 @@ def report(sweep_dir: Path, plots: bool = True, out: Any = sys.stdout, metrics: 
                md_table(dhead, drows)]
     sections, section_groups = markdown_sections(runs, base)  # selective, shift, OOD: when runs have them
     sections = ece_section(runs, base) + sections  # ECE's error bar: when the runs saved predictions
+    sections += ensemble_section(runs, base)  # settings with >= 2 seeds and saved predictions
     study = study_section(sweep_dir, runs)  # an Optuna sweep: what it found, every trial's objective
     sections = study + sections
     md += sections
