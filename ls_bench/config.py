@@ -19,9 +19,12 @@ from ls_bench.errors import invalid
 
 @dataclass
 class LabelNoiseConfig:
-    rate: float = 0.0  # fraction of training labels flipped once, before training
-    kind: str = "symmetric"  # symmetric | asymmetric
+    rate: float = 0.0  # fraction of training labels flipped once, before training (symmetric, asymmetric)
+    kind: str = "symmetric"  # symmetric | asymmetric | human (CIFAR-10N's labels) | matched (their transitions)
     seed: Optional[int] = None  # default: derived from the top-level seed
+    file: Optional[str] = None  # human, matched: CIFAR-10N's CIFAR-10_human.pt
+    labels: Optional[str] = None  # human, matched: aggre | worse | random1 | random2 | random3 (HUMAN_LABELS)
+    val: str = "clean"  # clean | noisy (human, matched: the validation split gets the same kind of labels)
 
 
 @dataclass
@@ -38,6 +41,8 @@ class DataConfig:
     augment: bool = False  # random crop (pad 4) + horizontal flip, on the device
     classes: Optional[List[int]] = None  # keep only these labels, renumbered 0..len-1
     cache_dir: Optional[str] = None  # decoded-image cache; default ~/.cache/ls-bench
+    original_index: Optional[str] = None  # imagefolder: .npz of each image's original CIFAR-10 index (train, test)
+    train_on: str = "train"  # test: train (and validate) on the official test split, test on the training split
     label_noise: LabelNoiseConfig = field(default_factory=LabelNoiseConfig)
 
 
@@ -50,7 +55,8 @@ class ModelConfig:
 class LossConfig:
     name: str = "label_smoothing"  # see ls_bench.losses.LOSSES
     epsilon: float = 0.0  # smoothing mass; 0 is one-hot cross-entropy
-    prior: Any = "uniform"  # uniform | others | class_prior | list of K probabilities
+    prior: Any = "uniform"  # uniform | others | class_prior | human (per image, loss.human) | list of K probabilities
+    human: Optional[str] = None  # loss.prior=human: per-image label distributions, CIFAR-10H's cifar10h-probs.npy
     class_weights: Any = None  # None | balanced | list of K non-negative weights
     gamma: float = 2.0  # focal loss exponent
     beta: float = 0.1  # confidence-penalty weight
@@ -129,6 +135,7 @@ class EvalConfig:
     ood: List[str] = field(default_factory=list)  # held_out | svhn | cifar10 | cifar100 | imagefolder | noise
     ood_root: Optional[str] = None  # the folder of eval.ood's svhn/cifar files or of its imagefolder tree
     bootstrap: int = 1000  # resamples of the test/ece_lo, test/ece_hi interval; 0 = none
+    human: Optional[str] = None  # CIFAR-10H's cifar10h-probs.npy: test/human/* (ls_bench.evaluate.human)
 
 
 @dataclass
@@ -169,7 +176,8 @@ class Config:
 # runs across them, and a run directory resumes across them.
 NOT_COMPUTED = frozenset({"trainer.progress", "trainer.device", "trainer.num_threads", "trainer.checkpoint",
                           "data.root", "data.cache_dir", "data.download", "metrics.figures",
-                          "metrics.penultimate_classes", "eval.ood_root",
+                          "metrics.penultimate_classes", "eval.ood_root", "data.original_index",
+                          "data.label_noise.file", "eval.human", "loss.human",
                           "search.optimize", "search.seeds"})
 
 
@@ -210,6 +218,7 @@ def _finite(x: float) -> bool:
 
 POSTHOC = ("ts", "vs", "ms_odir", "dirichlet", "ets", "hist", "isotonic")  # metrics.posthoc's names
 SCORES = ("msp", "max_logit", "entropy", "margin", "maxlogit_pnorm", "maxlogit_pnorm_centred")  # metrics.scores'
+HUMAN_LABELS = ("aggre", "worse", "random1", "random2", "random3")  # data.label_noise.labels: CIFAR-10N's sets
 COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 SIZE_HELP = "a count (a whole number >= 1) or a fraction in (0, 1) of the images there"
 
@@ -251,7 +260,12 @@ def validate(cfg: Config) -> None:
 
 
 def _validate_loss(lo: LossConfig) -> None:
-    _check(_finite(lo.epsilon) and 0 <= lo.epsilon < 1, "loss.epsilon", lo.epsilon, "must be in [0, 1)")
+    # ε = 1 is the human distribution itself (Peterson et al. 2019); with a fixed prior it would learn nothing.
+    _check(_finite(lo.epsilon) and (0 <= lo.epsilon < 1 or (lo.epsilon == 1 and lo.prior == "human")),
+           "loss.epsilon", lo.epsilon, "must be in [0, 1] with loss.prior=human" if lo.prior == "human" else
+           "must be in [0, 1)")
+    _check(lo.prior == "human" or lo.human in (None, ""), "loss.human", lo.human,
+           f"is only read with loss.prior=human (loss.prior={lo.prior} would ignore it)")
     _check(_finite(lo.gamma) and lo.gamma >= 0, "loss.gamma", lo.gamma, "must be >= 0")
     _check(_finite(lo.beta) and lo.beta >= 0, "loss.beta", lo.beta, "must be >= 0")
     _check(_finite(lo.margin) and lo.margin >= 0, "loss.margin", lo.margin, "must be >= 0")
@@ -275,9 +289,32 @@ def _validate_data(d: DataConfig) -> None:
     if d.classes is not None:
         _check(len(d.classes) >= 2, "data.classes", d.classes, "must name at least 2 labels")
         _check(len(set(d.classes)) == len(d.classes), "data.classes", d.classes, "labels must not repeat")
-    noise = d.label_noise
+    _check(d.train_on in ("train", "test"), "data.train_on", d.train_on, "train or test")
+    _check(d.train_on == "train" or d.name != "digits", "data.train_on", d.train_on,
+           "test needs an official test split; digits has none")
+    _check(d.name == "imagefolder" or d.original_index in (None, ""), "data.original_index", d.original_index,
+           f"is only read with data=imagefolder (data={d.name} is in its original order)")
+    _validate_noise(d.label_noise)
+
+
+def _validate_noise(noise: LabelNoiseConfig) -> None:
     _check(_finite(noise.rate) and 0 <= noise.rate < 1, "data.label_noise.rate", noise.rate, "must be in [0, 1)")
-    _check(noise.kind in ("symmetric", "asymmetric"), "data.label_noise.kind", noise.kind, "symmetric or asymmetric")
+    _check(noise.kind in ("symmetric", "asymmetric", "human", "matched"), "data.label_noise.kind", noise.kind,
+           "symmetric, asymmetric, human or matched")
+    human = noise.kind in ("human", "matched")
+    _check(not human or noise.rate == 0, "data.label_noise.rate", noise.rate,
+           f"does not apply with kind={noise.kind}: the file's labels set the rate; leave it 0")
+    _check(human or noise.file in (None, ""), "data.label_noise.file", noise.file,
+           f"is only read with kind=human or matched (kind={noise.kind} would ignore it)")
+    _check(not human or noise.file not in (None, ""), "data.label_noise.file", noise.file,
+           f"must be set with kind={noise.kind}: the path of CIFAR-10N's CIFAR-10_human.pt")
+    _check(not human or noise.labels in HUMAN_LABELS, "data.label_noise.labels", noise.labels,
+           f"one of {', '.join(HUMAN_LABELS)} with kind={noise.kind}")
+    _check(human or noise.labels is None, "data.label_noise.labels", noise.labels,
+           f"is only read with kind=human or matched (kind={noise.kind} would ignore it)")
+    _check(noise.val in ("clean", "noisy"), "data.label_noise.val", noise.val, "clean or noisy")
+    _check(human or noise.val == "clean", "data.label_noise.val", noise.val,
+           f"noisy is only for kind=human or matched (kind={noise.kind} leaves val clean)")
 
 
 def _validate_optim_sched(o: OptimConfig, s: SchedConfig, epochs: int) -> None:

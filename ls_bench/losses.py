@@ -19,6 +19,8 @@ target p by p' = (1-ε)·p + ε·u and trains with the soft cross-entropy
     others       ε spread over the K-1 wrong classes (true class gets 1-ε): "the label is wrong
                  with probability ε" (Mukhoti et al. 2020); uniform ε at K equals others ε·(K-1)/K;
     class_prior  u = class frequencies of the training labels (after any label noise);
+    human        u = h(x), the image's own human label distribution (CIFAR-10H, Peterson et al.
+                 2019; loss.human), so ε = 1 trains on the human distribution itself;
     a list       any K non-negative numbers that sum to 1.
 Class weights follow PyTorch's `F.cross_entropy(weight=w, label_smoothing=ε)`: *both* terms are
 weighted per class k of the target, and the batch mean divides by Σ_i w_{y_i}:
@@ -44,8 +46,8 @@ if TYPE_CHECKING:
     from ls_bench.teacher import Teacher
 
 LOSSES = ("label_smoothing", "label_flip", "focal", "confidence_penalty", "margin", "logit_norm", "distill", "binary")
-PRIORS = ("uniform", "others", "class_prior")
-PRIOR_HELP = "uniform, others, class_prior or a list of K non-negative numbers that sum to 1"
+PRIORS = ("uniform", "others", "class_prior", "human")
+PRIOR_HELP = "uniform, others, class_prior, human or a list of K non-negative numbers that sum to 1"
 WEIGHTS_HELP = "null, balanced or a list of K finite non-negative weights, not all 0"
 
 
@@ -142,10 +144,13 @@ def smooth_targets(labels: Tensor, num_classes: int, epsilon: float, prior: Tens
 
 
 def sample_prior(labels: Tensor, num_classes: int, prior: Tensor | None, g: torch.Generator) -> Tensor:
-    """One draw from u per sample (for `others`: uniform over the other K-1 classes)."""
+    """One draw from u per sample (for `others`: uniform over the other K-1 classes; a [B, K]
+    prior: one draw from each sample's row)."""
     if prior is None:
         shift = torch.randint(1, num_classes, labels.shape, generator=g, device=g.device)
         return (labels + shift.to(labels.device)) % num_classes
+    if prior.dim() == 2:
+        return torch.multinomial(prior.to(g.device), 1, generator=g).squeeze(1).to(labels.device)
     return torch.multinomial(prior.to(g.device), len(labels), replacement=True, generator=g).to(labels.device)
 
 
@@ -164,16 +169,25 @@ class Smoothed:
     num_classes: int
     epsilon: float
     prior: Tensor | None  # [K] on the run's device; None is the `others` prior
+    # loss.prior=human: each training image's own u, [N_train, K], by position in the training split
+    # (the batches' idx); `prior` is then its mean, the u of a target asked for without positions.
+    per_image: Tensor | None = None
 
-    def expected(self, labels: Tensor) -> Tensor:
+    def prior_of(self, idx: Tensor | None) -> Tensor | None:
+        """u for the samples at positions idx: [B, K] per image, else the one [K] prior (None: others)."""
+        return self.prior if self.per_image is None or idx is None else self.per_image[idx]
+
+    def expected(self, labels: Tensor, idx: Tensor | None = None) -> Tensor:
         """The (expected) target per sample, [B, K]."""
-        return smooth_targets(labels, self.num_classes, self.epsilon, self.prior)
+        return smooth_targets(labels, self.num_classes, self.epsilon, self.prior_of(idx))
 
-    def __call__(self, x: Tensor, labels: Tensor, g: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        return x, self.expected(labels)
+    def __call__(self, x: Tensor, labels: Tensor, g: torch.Generator | None,
+                 idx: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return x, self.expected(labels, idx)
 
     def to(self, device: torch.device) -> "Smoothed":
-        return replace(self, prior=None if self.prior is None else self.prior.to(device))
+        return replace(self, prior=None if self.prior is None else self.prior.to(device),
+                       per_image=None if self.per_image is None else self.per_image.to(device))
 
 
 @dataclass(frozen=True)
@@ -181,14 +195,15 @@ class Flipped(Smoothed):
     """Stochastic label flipping: p = onehot(ỹ), ỹ a draw from u with probability ε, else y.
     E[onehot(ỹ)] = p', so the expected loss is the label-smoothing loss with the same u and ε."""
 
-    def flip(self, labels: Tensor, g: torch.Generator) -> Tensor:
+    def flip(self, labels: Tensor, g: torch.Generator, idx: Tensor | None = None) -> Tensor:
         # Both draws are made whatever ε is, so one seed gives nested flips across ε (paired runs).
         mask = torch.rand(labels.shape, generator=g, device=g.device).to(labels.device) < self.epsilon
-        return torch.where(mask, sample_prior(labels, self.num_classes, self.prior, g), labels)
+        return torch.where(mask, sample_prior(labels, self.num_classes, self.prior_of(idx), g), labels)
 
-    def __call__(self, x: Tensor, labels: Tensor, g: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    def __call__(self, x: Tensor, labels: Tensor, g: torch.Generator | None,
+                 idx: Tensor | None = None) -> tuple[Tensor, Tensor]:
         assert g is not None, "label_flip needs a generator"
-        return x, F.one_hot(self.flip(labels, g), self.num_classes).float()
+        return x, F.one_hot(self.flip(labels, g, idx), self.num_classes).float()
 
 
 # --- the soft cross-entropy and the logit terms ---------------------------------------------------
@@ -331,7 +346,7 @@ class Criterion:
         """The batch the loss sees: targets from the labels (g: label_flip's draws), mixed with a
         partner (mix_g: the data seed's stream), then the teacher's logits on what the model sees
         (idx: the samples' positions in the training split, for the teacher's cache)."""
-        x, p = self.target(x, labels, g)
+        x, p = self.target(x, labels, g, idx)
         acc_labels = labels
         if self.mixer is not None:
             from ls_bench.data.mixing import dominant
@@ -381,19 +396,25 @@ def logit_terms(cfg: LossConfig) -> tuple[Callable[[Tensor, Tensor, Tensor, Tens
 
 
 def make_criterion(cfg: LossConfig, num_classes: int, class_counts: Tensor, mixer: "Mixer | None" = None,
-                   teacher: "Teacher | None" = None) -> Criterion:
+                   teacher: "Teacher | None" = None, human: Tensor | None = None) -> Criterion:
     """Build and check the loss for a dataset with `num_classes` classes; errors are one line.
     The ranges that need no data (ε, γ, β, m, λ, τ, α, T) are checked once, in config.validate;
-    mixer (ls_bench.data.mixing.make_mixer) and teacher (ls_bench.teacher.load_teacher) come built."""
+    mixer (ls_bench.data.mixing.make_mixer) and teacher (ls_bench.teacher.load_teacher) come built;
+    human: loss.prior=human's [N_train, K] distributions (ls_bench.data.human.human_tables)."""
     if cfg.name == "binary" and num_classes != 2:
         raise ConfigError(f"loss.name='binary' needs 2 classes but the data has {num_classes}; "
                           f"pick two with data.classes=[a,b]")
     if (cfg.name == "distill") != (teacher is not None):
         raise ValueError("loss=distill needs a teacher, and only loss=distill takes one")
-    prior = prior_vector(cfg.prior, num_classes, class_counts)
+    per_image = None
+    if cfg.prior == "human":
+        if human is None or human.shape[1] != num_classes:
+            raise invalid("loss.prior", cfg.prior, "the training images have no human label distribution (loss.human)")
+        per_image = human.float()
+    prior = per_image.mean(0) if per_image is not None else prior_vector(cfg.prior, num_classes, class_counts)
     weight = class_weight_vector(cfg.class_weights, num_classes, class_counts)
     builder = Flipped if cfg.name == "label_flip" else Smoothed
-    return Criterion(num_classes, builder(num_classes, float(cfg.epsilon), prior), weight,
+    return Criterion(num_classes, builder(num_classes, float(cfg.epsilon), prior, per_image), weight,
                      gamma=float(cfg.gamma) if cfg.name == "focal" else 0.0, penalties=logit_terms(cfg),
                      binary=cfg.name == "binary",
                      logit_norm=LogitNorm(float(cfg.tau)) if cfg.name == "logit_norm" else None,

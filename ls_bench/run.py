@@ -4,7 +4,7 @@ inference over a whole split. Everything that can fail on bad input fails here, 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ls_bench.config import Config
 from ls_bench.data import Dataset, load_dataset
+from ls_bench.data.human import check_human, human_tables
 from ls_bench.data.loader import Normalize, Split, eval_batches
 from ls_bench.data.mixing import check_mix_with_loss, make_mixer
 from ls_bench.data.readers import check_dataset
@@ -98,6 +99,7 @@ def check_config(cfg: Config) -> Path | None:
     check_loss(cfg.loss)
     check_mix_with_loss(cfg.mix.name, cfg.loss.name, cfg.mix.alpha, cfg.mix.prob)
     check_eval(cfg)
+    check_human(cfg)
     return check_teacher(cfg) if cfg.loss.name == "distill" else None
 
 
@@ -111,6 +113,8 @@ def setup(cfg: Config) -> Run:
     amp_dtype = resolve_precision(cfg.trainer.precision, device)
     seeds = run_seeds(cfg)
     ds = load_dataset(cfg.data, seeds["noise"])
+    if cfg.eval.human or cfg.loss.prior == "human":  # CIFAR-10H's distributions of test, or of train
+        ds = replace(ds, human=human_tables(cfg, {"train": ds.train, "test": ds.test}, ds.official))
     check_metrics_against_data(cfg, ds)
     check_eval_against_data(cfg, ds.test, ds.num_classes)
     backends = configure_backends(device, amp_dtype, cfg.trainer.deterministic)
@@ -118,7 +122,8 @@ def setup(cfg: Config) -> Run:
     norm = Normalize(ds.mean, ds.std, device, cfg.trainer.channels_last)
     teacher = (load_teacher(teacher_dir, cfg, ds, norm, device, lambda: autocast(device, amp_dtype))
                if teacher_dir is not None else None)
-    criterion = make_criterion(cfg.loss, ds.num_classes, ds.class_counts(), mixer, teacher).to(device)
+    criterion = make_criterion(cfg.loss, ds.num_classes, ds.class_counts(), mixer, teacher,
+                               ds.human.get("train")).to(device)
 
     torch.manual_seed(seeds["init"])  # initial weights depend on the init seed only, never on ε
     model = build_model(cfg.model.name, ds.in_channels, criterion.num_outputs, ds.image_size).to(device)

@@ -126,7 +126,7 @@ def build_run_info(run: Run, config: dict[str, Any]) -> dict[str, Any]:
         "determinism": {**run.backends, "note": "bit-identical reruns on the CPU with the same threads; on CUDA "
                         "only with trainer.deterministic=true (same GPU model, same software)"},
         "label_noise": {"rate_requested": cfg.data.label_noise.rate, "flipped": len(ds.noisy_idx),
-                        "rate_realised": len(ds.noisy_idx) / len(ds.train)},
+                        "rate_realised": len(ds.noisy_idx) / len(ds.train), **ds.noise_info},
         "normalization": {"mean": list(ds.mean), "std": list(ds.std)},
         **({"teacher": teacher.info} if (teacher := run.criterion.teacher) is not None else {}),
     }

@@ -8,7 +8,8 @@ device (loader). mixing holds mixup and CutMix.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -35,6 +36,11 @@ class Dataset:
     # whose label was flipped, and the clean labels of the whole train split.
     noisy_idx: Tensor = torch.empty(0, dtype=torch.long)
     clean_train_y: Tensor | None = None
+    noise_info: dict[str, Any] = field(default_factory=dict)  # kind=human|matched: file, sha256, label set
+    # Each split's official source and that source's size: {"train": ("train", 50000), "val": ...,
+    # "test": ("test", 10000)} (data.train_on=test swaps them); per-image annotations index these.
+    official: dict[str, tuple[str, int]] = field(default_factory=dict)
+    human: dict[str, Tensor] = field(default_factory=dict)  # split -> CIFAR-10H's [N, K] (with_human)
 
     @property
     def num_classes(self) -> int:
@@ -59,6 +65,9 @@ class Dataset:
 def load_dataset(cfg: DataConfig, noise_seed: int = 0) -> Dataset:
     """Load `cfg.name`, carve val (and test, for digits) out of train, subset, corrupt labels."""
     train, test, classes = DATASETS[cfg.name](cfg)
+    official = _official(len(train), None if test is None else len(test), cfg.train_on)
+    if cfg.train_on == "test":  # Peterson et al.'s protocol: fit the 10,000 CIFAR-10H images, test on the 50,000
+        train, test = test, train
     if cfg.classes is not None:
         unknown = [c for c in cfg.classes if not 0 <= c < len(classes)]
         if unknown:
@@ -87,17 +96,40 @@ def load_dataset(cfg: DataConfig, noise_seed: int = 0) -> Dataset:
         if n_train < len(train):
             _, keep = stratified_split(train.y, n_train, cfg.split_seed)
             train = train.take(keep)
-    noisy_idx, clean = torch.empty(0, dtype=torch.long), None
-    if cfg.label_noise.rate > 0:
-        clean = train.y
-        noisy_y, noisy_idx = corrupt_labels(train.y, len(classes), cfg.label_noise.rate, cfg.label_noise.kind,
-                                            noise_seed, classes)
-        train = Split(train.x, noisy_y)
-        log.info("label noise: %s, rate %.3g requested, %d of %d training labels flipped (realised rate %.4f); "
-                 "val and test stay clean", cfg.label_noise.kind, cfg.label_noise.rate, len(noisy_idx), len(train),
-                 len(noisy_idx) / max(1, len(train)))
     if len(train) < 1:
         raise invalid("data.train_size", cfg.train_size, "leaves no training images")
+    train, val, noisy_idx, clean, facts = _corrupt(cfg, train, val, classes, noise_seed, official["train"][1])
     mean, std = channel_stats(train.x)
-    return Dataset(train, val, test, classes, mean, std, cfg.augment, noisy_idx, clean)
+    return Dataset(train, val, test, classes, mean, std, cfg.augment, noisy_idx, clean, facts, official)
 
+
+def _official(n_train: int, n_test: int | None, train_on: str) -> dict[str, tuple[str, int]]:
+    """Each split's official source and that source's size (digits: all from its one split)."""
+    if n_test is None:
+        return dict.fromkeys(("train", "val", "test"), ("train", n_train))
+    a, b = ("train", n_train), ("test", n_test)
+    fit, other = (a, b) if train_on == "train" else (b, a)
+    return {"train": fit, "val": fit, "test": other}
+
+
+def _corrupt(cfg: DataConfig, train: Split, val: Split, classes: list[str], seed: int,
+             n_official: int) -> tuple[Split, Split, Tensor, Tensor | None, dict[str, Any]]:
+    """data.label_noise on the training split (val too with kind=human|matched and val=noisy):
+    the splits, the flipped positions in train, train's clean labels (None without noise) and, for
+    kind=human|matched, the facts for run_info.json."""
+    noise, clean = cfg.label_noise, train.y
+    if noise.kind in ("human", "matched"):
+        from ls_bench.data.human import apply_human_noise
+
+        train, val, noisy_idx, facts = apply_human_noise(cfg, train, val, len(classes), n_official, seed)
+        log.info("label noise: %s (%s labels of %s), %d of %d training labels changed (realised rate %.4f); "
+                 "val %s, test clean", noise.kind, noise.labels, noise.file, len(noisy_idx), len(train),
+                 len(noisy_idx) / len(train), noise.val)
+        return train, val, noisy_idx, clean, facts
+    if noise.rate == 0:
+        return train, val, torch.empty(0, dtype=torch.long), None, {}
+    noisy_y, noisy_idx = corrupt_labels(train.y, len(classes), noise.rate, noise.kind, seed, classes)
+    log.info("label noise: %s, rate %.3g requested, %d of %d training labels flipped (realised rate %.4f); "
+             "val and test stay clean", noise.kind, noise.rate, len(noisy_idx), len(train),
+             len(noisy_idx) / max(1, len(train)))
+    return Split(train.x, noisy_y, train.src), val, noisy_idx, clean, {}

@@ -19,6 +19,9 @@ from torch import Tensor
 class Split:
     x: Tensor  # uint8 [N, C, H, W]
     y: Tensor  # int64 [N]
+    # int64 [N] on the CPU: each image's index in its official split, in the original release's
+    # order (the order of per-image annotations such as CIFAR-10N and CIFAR-10H); None: unknown.
+    src: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.y)
@@ -26,10 +29,11 @@ class Split:
     def take(self, idx: Tensor | np.ndarray) -> "Split":
         idx = torch.as_tensor(idx, dtype=torch.long, device=self.x.device)
         # index_select copies whole images: ~1.7x faster than x[idx] for CIFAR-sized splits.
-        return Split(self.x.index_select(0, idx), self.y[idx])
+        src = None if self.src is None else self.src[idx.cpu()]
+        return Split(self.x.index_select(0, idx), self.y[idx], src)
 
     def to(self, device: torch.device) -> "Split":
-        return Split(self.x.to(device), self.y.to(device))
+        return Split(self.x.to(device), self.y.to(device), self.src)
 
 
 

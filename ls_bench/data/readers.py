@@ -54,7 +54,7 @@ def _torchvision(name: str) -> Callable[[DataConfig], tuple[Split, Split | None,
             else:  # CIFAR: [N, H, W, C]
                 x, y = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)
                 classes = list(ds.classes)
-            splits.append(Split(x, y))
+            splits.append(Split(x, y, torch.arange(len(y))))  # torchvision keeps the original order
         return splits[0], splits[1], classes
 
     return load
@@ -216,8 +216,14 @@ def _imagefolder(cfg: DataConfig) -> tuple[Split, Split | None, list[str]]:
     test_files, test_classes = _list_images(root / "test")
     if classes != test_classes:
         raise invalid("data.root", cfg.root, f"train classes {classes} and test classes {test_classes} must match")
-    return (_cached_decode(cfg, "train", train_files, root / "train"),
-            _cached_decode(cfg, "test", test_files, root / "test"), classes)
+    train = _cached_decode(cfg, "train", train_files, root / "train")
+    test = _cached_decode(cfg, "test", test_files, root / "test")
+    if cfg.original_index:  # each file's index in the original release (per-image annotations)
+        from ls_bench.data.human import read_original_index
+
+        for split, name in ((train, "train"), (test, "test")):
+            split.src = read_original_index("data.original_index", cfg.original_index, name, len(split))
+    return train, test, classes
 
 
 DATASETS: dict[str, Callable[[DataConfig], tuple[Split, Split | None, list[str]]]] = {

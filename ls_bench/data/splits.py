@@ -66,7 +66,7 @@ def select_classes(s: Split, keep: list[int]) -> Split:
     remap = torch.full((size,), -1, dtype=torch.long)
     remap[torch.tensor(keep)] = torch.arange(len(keep))
     mask = remap[s.y] >= 0
-    return Split(s.x[mask], remap[s.y[mask]])
+    return Split(s.x[mask], remap[s.y[mask]], None if s.src is None else s.src[mask])
 
 
 # CIFAR-10 asymmetric noise of Patrini et al. 2017: truck->automobile, bird->airplane,
