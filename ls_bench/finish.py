@@ -15,6 +15,7 @@ from torch import Tensor
 from ls_bench.config import Config
 from ls_bench.evaluate.calibration import fit_temperature
 from ls_bench.evaluate.figures import SplitFigures, select_per_class, write_figures
+from ls_bench.evaluate.human import human_results, noise_outputs
 from ls_bench.evaluate.metrics import compute_metrics
 from ls_bench.evaluate.posthoc import posthoc_metrics
 from ls_bench.evaluate.scores import best_normalised, score_metrics
@@ -48,6 +49,11 @@ def finish(run: Run, history: list[dict[str, Any]], logger: RunLogger, run_dir: 
     final.update(posthoc_results(cfg, logits, labels, run.top_k, run_dir))
     if len(ds.noisy_idx):
         final.update(memorisation(run))
+    if "test" in ds.human:  # eval.human: the model against CIFAR-10H's distributions
+        final.update(human_results(logits["test"], labels["test"], ds.human["test"], final.get("temperature"),
+                                   cfg.metrics.n_bins, cfg.metrics.figures, logger, run_dir))
+    if ds.noise_info:  # data.label_noise.kind=human|matched: the transition matrix
+        noise_outputs(ds.clean_train_y, ds.train.y, ds.classes, ds.noise_info, cfg.metrics.figures, logger, run_dir)
     if run.criterion.teacher is not None:
         final.update(run.criterion.teacher.numbers)
     final["epochs"] = len(history)
