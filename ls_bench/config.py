@@ -56,7 +56,9 @@ class LossConfig:
     name: str = "label_smoothing"  # see ls_bench.losses.LOSSES
     epsilon: float = 0.0  # smoothing mass; 0 is one-hot cross-entropy
     prior: Any = "uniform"  # uniform | others | class_prior | human (per image, loss.human) | list of K probabilities
-    human: Optional[str] = None  # loss.prior=human: per-image label distributions, CIFAR-10H's cifar10h-probs.npy
+    # loss.prior=human reads it (other priors ignore it, so one sweep can compare priors): per-image
+    # label distributions, CIFAR-10H's cifar10h-probs.npy
+    human: Optional[str] = None
     class_weights: Any = None  # None | balanced | list of K non-negative weights
     gamma: float = 2.0  # focal loss exponent
     beta: float = 0.1  # confidence-penalty weight
@@ -264,8 +266,6 @@ def _validate_loss(lo: LossConfig) -> None:
     _check(_finite(lo.epsilon) and (0 <= lo.epsilon < 1 or (lo.epsilon == 1 and lo.prior == "human")),
            "loss.epsilon", lo.epsilon, "must be in [0, 1] with loss.prior=human" if lo.prior == "human" else
            "must be in [0, 1)")
-    _check(lo.prior == "human" or lo.human in (None, ""), "loss.human", lo.human,
-           f"is only read with loss.prior=human (loss.prior={lo.prior} would ignore it)")
     _check(_finite(lo.gamma) and lo.gamma >= 0, "loss.gamma", lo.gamma, "must be >= 0")
     _check(_finite(lo.beta) and lo.beta >= 0, "loss.beta", lo.beta, "must be >= 0")
     _check(_finite(lo.margin) and lo.margin >= 0, "loss.margin", lo.margin, "must be >= 0")
