@@ -59,5 +59,7 @@ def test_overrides_choose_and_refuse_in_one_line() -> None:
     assert parse_overrides(["metrics.scores=[margin]"])["metrics.scores"] == ["margin"]
     with pytest.raises(ValueError, match=r"metrics.posthoc=\['platt'\] is invalid"):
         parse_overrides(["metrics.posthoc=[platt]"])
+    with pytest.raises(ValueError, match="not a YAML list"):
+        parse_overrides(["metrics.scores=[margin"])
     r = run_eval(str(REPO / "tests"), "eval.bootstrap=0")
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "expected one of" in r.stderr

@@ -35,7 +35,10 @@ def parse_overrides(items: Sequence[str]) -> dict[str, list[str]]:
         key, sep, value = item.partition("=")
         if not sep or key not in KEYS:
             raise ValueError(f"{item!r}: expected one of {', '.join(f'{k}=[...]' for k in KEYS)}")
-        names = yaml.safe_load(value) or []
+        try:
+            names = yaml.safe_load(value) or []
+        except yaml.YAMLError:
+            raise ValueError(f"{item!r}: the value is not a YAML list such as [vs,dirichlet]") from None
         names = names if isinstance(names, list) else [names]
         bad = [n for n in names if n not in KEYS[key]]
         if bad or len(set(names)) != len(names):
@@ -106,7 +109,8 @@ def evaluate(folder: Path, chosen: dict[str, list[str]], out: Any = sys.stdout) 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="ls-bench-eval", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="ls-bench-eval", description="post-hoc calibrators and selective "
+                                     "scores for finished runs, from their predictions.npz, without retraining")
     parser.add_argument("folder", type=Path, help="a run folder, or a sweep folder (every finished run below it)")
     parser.add_argument("overrides", nargs="*", help=f"metrics.posthoc=[...] (default: all of {', '.join(POSTHOC)}) "
                                                      f"and metrics.scores=[...] (default: all of {', '.join(SCORES)})")
