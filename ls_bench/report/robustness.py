@@ -18,6 +18,8 @@ SELECTIVE = ("test/aurc", "test/eaurc", "test/risk_cov80", "test_ts/aurc", "test
 SHIFT = ("acc", "nll", "ece", "ts_ece")  # per severity: shift/s<k>/<key>
 POSTHOC_KEYS = ("acc", "nll", "ece", "aurc")  # per post-hoc method: test_<m>/<key>
 SCORE_KEYS = ("aurc", "augrc", "cov_at_5risk")  # per selective score: test/<score>/<key>
+HUMAN = tuple(f"{s}/human/{k}" for s in ("test", "test_ts") for k in ("nll", "kl", "entropy_corr", "top1_agree")
+              if not (s == "test_ts" and k == "top1_agree"))  # eval.human (T keeps the argmax: no test_ts top1)
 
 
 def section_metrics(runs: Sequence[RunResult]) -> dict[str, list[str]]:
@@ -35,6 +37,8 @@ def section_metrics(runs: Sequence[RunResult]) -> dict[str, list[str]]:
         if any(k.startswith(tuple(f"test_{m}/" for m in POSTHOC if m != "ts")) for k in keys) else [],
         "Selective scores (metrics.scores)": [f"test/{s}/{key}" for s in SCORES for key in SCORE_KEYS
                                                if f"test/{s}/{key}" in keys],
+        "Human uncertainty (eval.human: the model against CIFAR-10H's label distributions)": [
+            k for k in HUMAN if k in keys],
     }
     return {title: ks for title, ks in sections.items() if ks}
 
