@@ -3,7 +3,8 @@ and selective scores for finished runs, from their saved predictions.npz, withou
 
 For every finished run below the folder (final.json and predictions.npz with validation logits): fit each
 method and score on the validation logits (ls_bench.evaluate.posthoc, ls_bench.evaluate.scores; all of
-them by default), score them on the test logits, and add the keys that final.json does not have yet.
+them by default; one the run already has is skipped), score them on the test logits, and add the keys
+that final.json does not have yet.
 Keys already there are never rewritten, so an upgraded run keeps every number it had; the first upgrade
 keeps the run's own final.json as final.pre-eval.json. final.json and posthoc.json are written
 atomically; nothing else in the run folder changes (TensorBoard and metrics.jsonl keep what the run
@@ -69,14 +70,19 @@ def upgrade(run: RunResult, chosen: dict[str, list[str]]) -> list[str]:
     from ls_bench.evaluate.scores import score_metrics
 
     cfg, final = run.config, run.final
+    # a method or score the run already has is not fitted again (ODIR's cross-validation takes minutes)
+    methods = [m for m in chosen["metrics.posthoc"] if f"test_{m}/acc" not in final]
+    scores = [s for s in chosen["metrics.scores"] if f"test/{s}/aurc" not in final]
+    if not methods and not scores:
+        return []
     val, test = run.predictions("val"), run.predictions("test")
     settings = final.get("metric_settings", {})
-    new, params = posthoc_metrics(chosen["metrics.posthoc"], val, test, int(settings.get("n_bins", 15)),
+    new, params = posthoc_metrics(methods, val, test, int(settings.get("n_bins", 15)),
                                   settings.get("top_k"), int(cfg.get("eval.bootstrap", 1000)),
                                   int(cfg.get("data.split_seed", 0)))
     if "ts" in params:
         new["temperature"] = params["ts"]["temperature"]
-    numbers, p = score_metrics(chosen["metrics.scores"], val, test)
+    numbers, p = score_metrics(scores, val, test)
     new.update(numbers)
     added = [k for k in new if k not in final]
     if not added:
