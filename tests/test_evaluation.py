@@ -20,6 +20,7 @@ from ls_bench.evaluate.selective import (
     _bootstrap_eces,
     bootstrap_ece,
     debiased_ece,
+    ece_floor,
     equal_mass_edges,
     evaluate_split,
     ood_metrics,
@@ -360,3 +361,32 @@ def test_bad_inputs_fail_with_a_message() -> None:
         paired_bootstrap_ece_diff(conf, conf.round(), conf[:5], conf[:5].round(), 15, 10, seed=0)
     with pytest.raises(ValueError, match="NaN"):
         ood_metrics(torch.tensor([1.0, float("nan")]), torch.tensor([0.0]))
+
+
+# --- ECE's noise floor ------------------------------------------------------------------------------
+
+
+def test_ece_floor_of_two_coin_flips_is_a_quarter() -> None:
+    """Two samples at confidence 0.5 in one bin: ECE = |Σ (correct - 0.5)| / 2 is 0.5 when both
+    draws agree (probability 1/2) and 0 otherwise, so its expectation is 1/4 (sd of the mean of
+    20,000 draws: 0.0018)."""
+    assert ece_floor(torch.tensor([0.5, 0.5], dtype=torch.float64), 15, 20_000, seed=0) == pytest.approx(0.25, abs=0.01)
+
+
+def test_ece_floor_is_the_mean_ece_of_labels_drawn_from_the_confidences() -> None:
+    conf = torch.rand(300, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 0.7 + 0.3
+    # The same draws, chunked by 100 as the function does (its generator is consumed chunk by chunk).
+    g = torch.Generator().manual_seed(7)
+    draws = torch.cat([torch.rand(100, 300, generator=g, dtype=torch.float64),
+                       torch.rand(50, 300, generator=g, dtype=torch.float64)])
+    ref = float(np.mean([ece(conf, (d < conf).double(), 15) for d in draws]))
+    assert ece_floor(conf, 15, 150, seed=7) == pytest.approx(ref, abs=1e-12)
+
+
+def test_ece_floor_falls_with_the_number_of_samples() -> None:
+    """The sampling bias of ECE shrinks like 1/sqrt(N): ~4x lower at 16x the samples."""
+    g = torch.Generator().manual_seed(3)
+    small, large = (torch.rand(n, generator=g, dtype=torch.float64) * 0.8 + 0.2 for n in (500, 8000))
+    f_small, f_large = ece_floor(small, 15, 200, 0), ece_floor(large, 15, 200, 0)
+    assert 0.03 < f_small < 0.08 and 2.5 < f_small / f_large < 6
+

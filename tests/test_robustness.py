@@ -14,7 +14,7 @@ import torch
 from conftest import TINY, make_config
 from ls_bench.data.loader import Split
 from ls_bench.errors import ConfigError
-from ls_bench.evaluate.selective import ood_metrics, ood_scores, paired_bootstrap_ece_diff, selective_metrics
+from ls_bench.evaluate.selective import ece_floor, ood_metrics, ood_scores, paired_bootstrap_ece_diff, selective_metrics
 from ls_bench.evaluate.shift import fit_shape, noise_images, shift_split
 from ls_bench.train import fit
 
@@ -39,15 +39,19 @@ def test_selective_and_ece_interval_come_from_the_saved_logits(evaluated: tuple[
     ts = selective_metrics(z / final["temperature"], y)
     assert final["test_ts/aurc"] == pytest.approx(ts["aurc"])
     assert 0 <= final["test/ece_lo"] <= final["test/ece_hi"] <= 1
+    conf = torch.softmax(z.double(), 1).max(1).values
+    assert final["test/ece_floor"] == pytest.approx(ece_floor(conf, 15, 200, seed=0))  # bootstrap draws, split_seed
     assert final["test/ece_lo"] <= final["test/ece"] + 0.02 and final["test/dece"] >= 0 and final["test/smece"] >= 0
 
 
 def test_shift_has_every_corruption_and_severity_and_their_means(evaluated: tuple[Path, dict]) -> None:
     _, final = evaluated
     for k in (1, 5):
-        for key in ("acc", "nll", "ece", "ts_ece"):
+        for key in ("acc", "nll", "ece", "ece_floor", "ts_ece", "ts_ece_floor"):
             per = [final[f"shift/{name}/s{k}/{key}"] for name in ("gaussian_noise", "contrast")]
             assert final[f"shift/s{k}/{key}"] == pytest.approx(statistics.fmean(per))
+        # ~180 corrupted images: a calibrated model would already score several points of ECE
+        assert 0.02 < final[f"shift/s{k}/ts_ece_floor"] < 0.2
     assert final["shift/contrast/s5/acc"] < final["test/acc"]  # contrast 0.05 of the original: a real shift
 
 

@@ -26,8 +26,8 @@ from ls_bench.data.readers import DATASETS, load_imagefolder_split
 from ls_bench.data.splits import sized, split_count, stratified_split
 from ls_bench.errors import ConfigError, invalid
 from ls_bench.evaluate.corruptions import check_corruptions, corrupt, resolve_corruptions
-from ls_bench.evaluate.metrics import compute_metrics
-from ls_bench.evaluate.selective import ood_metrics, ood_scores
+from ls_bench.evaluate.metrics import compute_metrics, confidence_correct
+from ls_bench.evaluate.selective import ece_floor, ood_metrics, ood_scores
 
 OOD_SOURCES = ("held_out", "svhn", "cifar10", "cifar100", "imagefolder", "noise")
 
@@ -77,9 +77,27 @@ def shift_split(test: Split, size: float | None, seed: int) -> Split:
     return test.take(held)
 
 
+SHIFT_KEYS = ("acc", "nll", "ece", "ece_floor", "ts_ece", "ts_ece_floor")
+
+
+def _shift_row(z: Tensor, y: Tensor, temperature: float | None, n_bins: int, draws: int, seed: int) -> dict[str, float]:
+    """acc, nll, ece of one corrupted split; ts_ece after the clean-validation temperature; with
+    draws > 0 (eval.bootstrap), each ECE's floor: what a calibrated model would score on these
+    few images (selective.ece_floor), beside which a small-sample ECE is read."""
+    m = compute_metrics(z, y, n_bins)
+    row = {"acc": m["acc"], "nll": m["nll"], "ece": m["ece"]}
+    if draws > 0:
+        row["ece_floor"] = ece_floor(confidence_correct(z, y)[0], n_bins, draws, seed)
+    if temperature is not None:
+        row["ts_ece"] = compute_metrics(z / temperature, y, n_bins)["ece"]
+        if draws > 0:
+            row["ts_ece_floor"] = ece_floor(confidence_correct(z / temperature, y)[0], n_bins, draws, seed)
+    return row
+
+
 def shift_metrics(cfg: Config, test: Split, temperature: float | None,
                   predict_split: Callable[[Split], Tensor]) -> dict[str, float]:
-    """`shift/<name>/s<k>/{acc,nll,ece,ts_ece}` and the per-severity means `shift/s<k>/...`, from the
+    """`shift/<name>/s<k>/{acc,nll,ece,ts_ece,...}` (_shift_row) and the per-severity means `shift/s<k>/...`, from the
     model's `predict_split` on the corrupted (eval.shift_size) test images."""
     test = shift_split(test, cfg.eval.shift_size, cfg.data.split_seed)
     names, y = resolve_corruptions(list(cfg.eval.corruptions)), test.y.cpu()
@@ -88,12 +106,9 @@ def shift_metrics(cfg: Config, test: Split, temperature: float | None,
         for name in names:
             x = corrupt(test.x, name, k, seed=cfg.data.split_seed, batch_size=cfg.trainer.eval_batch_size)
             z = predict_split(Split(x, test.y))
-            m = compute_metrics(z, y, cfg.metrics.n_bins)
-            row = {"acc": m["acc"], "nll": m["nll"], "ece": m["ece"]}
-            if temperature is not None:
-                row["ts_ece"] = compute_metrics(z / temperature, y, cfg.metrics.n_bins)["ece"]
+            row = _shift_row(z, y, temperature, cfg.metrics.n_bins, cfg.eval.bootstrap, cfg.data.split_seed)
             out.update({f"shift/{name}/s{k}/{key}": v for key, v in row.items()})
-        for key in ("acc", "nll", "ece", "ts_ece"):
+        for key in SHIFT_KEYS:
             values = [out[f"shift/{name}/s{k}/{key}"] for name in names if f"shift/{name}/s{k}/{key}" in out]
             if values:
                 out[f"shift/s{k}/{key}"] = statistics.fmean(values)
