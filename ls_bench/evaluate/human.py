@@ -77,9 +77,12 @@ def _draw_agreement(ax: "Axes", logits: Tensor, labels: Tensor, human: Tensor, n
     count = torch.bincount(idx, minlength=n_bins).double()
     seen = count > 0
     centres = (torch.arange(n_bins, dtype=torch.float64) + 0.5) / n_bins
-    mean = lambda v: torch.bincount(idx, weights=v, minlength=n_bins)[seen] / count[seen]  # noqa: E731
-    ax.bar(centres[seen], mean(agree), width=1 / n_bins, edgecolor="k", alpha=0.7, label="human agreement")
-    ax.plot(centres[seen], mean((pred == labels).double()), "o", ms=4, color="C3", label="accuracy")
+    def mean(v: Tensor) -> np.ndarray:
+        return (torch.bincount(idx, weights=v, minlength=n_bins)[seen] / count[seen]).numpy()
+
+    x = centres[seen].numpy()
+    ax.bar(x, mean(agree), width=1 / n_bins, edgecolor="k", alpha=0.7, label="human agreement")
+    ax.plot(x, mean((pred == labels).double()), "o", ms=4, color="C3", label="accuracy")
     ax.plot([0, 1], [0, 1], "k--", lw=1)
     _unit_axes(ax, "model confidence", "share of humans choosing the model's class")
     ax.set_ylim(0, 1)
