@@ -4,8 +4,11 @@ Per run directory:
   metrics.jsonl   one JSON object per epoch: {"epoch": e, "train/loss": ..., "val/ece": ..., ...}
   final.json      the final metrics, written atomically once the run has finished
   failed.json     instead of final.json when the run failed: {"reason": ..., "epoch": ...}
-  events.out.tfevents.*  TensorBoard event files (scalars, hparams, figures), in the run directory
+  events.out.tfevents.*  TensorBoard event files (scalars, hparams, figures, the custom-scalars
+                         layout), in the run directory
 One metric name everywhere: `split/name` (`val/ece`, `test/nll`, `test_ts/ece`, `perf/epoch_s`).
+TensorBoard alone renames the run's bookkeeping and the temperature (see tb_tag), so that it opens
+on the splits' metrics.
 """
 
 from __future__ import annotations
@@ -20,6 +23,36 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 from ls_bench.files import atomic_write_text
+
+# TensorBoard's Time Series and Scalars tabs show a section per tag prefix (the part before the
+# first "/"), sorted by character code ("/" and digits first), and open only the first two. Under
+# the JSON names the run's bookkeeping (lr, perf/*) and the final-only temperature would be
+# those two (TensorBoard opened on the learning rate and images per second), with test, val and
+# train collapsed below them. So in TensorBoard only, the bookkeeping goes last under `zz_`
+# and the temperature joins the metrics it makes (test_ts/temperature); the JSON files keep the
+# names. Sections, in order: test, test_ts, train, val, val_ts, zz_lr, zz_perf.
+TB_LAST = ("lr", "perf/")  # JSON names (exact, or a prefix ending in "/") moved to the end
+TB_RENAMED = {"temperature": "test_ts/temperature"}
+
+
+def tb_tag(name: str) -> str:
+    """TensorBoard's tag of a metric: its JSON name, but for TB_LAST and TB_RENAMED."""
+    if name in TB_RENAMED:
+        return TB_RENAMED[name]
+    last = any(name == p or (p.endswith("/") and name.startswith(p)) for p in TB_LAST)
+    return f"zz_{name}" if last else name
+
+
+# The Custom Scalars tab: one dashboard with the metrics a run is for, each chart one metric with
+# every split (a tag regex per chart; TensorBoard draws one line per matching tag and run). Train
+# has no NLL: its chart shows the training loss, the loss being minimised (soft targets under LS).
+LAYOUT = {"ls-bench: accuracy, NLL and ECE by split": {
+    "accuracy (train, val, test)": ["Multiline", [r"^(train|val|test)/acc$"]],
+    "NLL (val, test) and the training loss": ["Multiline", [r"^(val|test)/nll$", r"^train/loss$"]],
+    "ECE (val, test)": ["Multiline", [r"^(val|test)/ece$"]],
+    "test ECE before and after temperature scaling (test_ts: the last epoch only)":
+        ["Multiline", [r"^test/ece$", r"^test_ts/ece$"]],
+}}
 
 
 def _finite_or_none(v: Any) -> Any:
@@ -36,6 +69,8 @@ class RunLogger:
         # purge_step: on resume, TensorBoard hides events at or after this epoch from the dead run.
         with self._naming_tb():
             self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
+            if not purge_step or purge_step <= 1:  # once per run, not again on resume
+                self.writer.add_custom_scalars(LAYOUT)
         self.jsonl = run_dir / "metrics.jsonl"
 
     def log_scalars(self, step: int, metrics: dict[str, Any]) -> None:
@@ -43,7 +78,7 @@ class RunLogger:
         with self._naming_tb():
             for k, v in metrics.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self.writer.add_scalar(k, v, step)
+                    self.writer.add_scalar(tb_tag(k), v, step)
             self.writer.flush()
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
@@ -55,10 +90,11 @@ class RunLogger:
     def log_hparams(self, hparam_dict: dict[str, Any], metric_tags: list[str]) -> None:
         """HParams into this run's own event file (SummaryWriter.add_hparams would make a sub-run
         and a duplicate `hparam/...` scalar per metric). The HParams tab reads each metric as the
-        last value of the run's scalar with that tag, so `metric_tags` must be tags the run logs."""
+        last value of the run's scalar with that tag, so `metric_tags` must be metrics the run logs
+        (JSON names; TensorBoard's tags are tb_tag's)."""
         hp = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparam_dict.items()}
         with self._naming_tb():
-            for summary in hparams(hp, dict.fromkeys(metric_tags, 0.0)):  # the values are not written
+            for summary in hparams(hp, dict.fromkeys(map(tb_tag, metric_tags), 0.0)):  # the values are not written
                 self.writer.file_writer.add_summary(summary)
             self.writer.flush()
 

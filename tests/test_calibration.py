@@ -258,7 +258,7 @@ def test_run_writes_pngs_and_tensorboard_images(tiny_run: tuple[Path, dict]) -> 
     acc.Reload()
     assert set(acc.Tags()["images"]) == {"test/reliability", "test_ts/reliability", "test/confidence_hist",
                                          "test/risk_coverage", "test/penultimate"}
-    assert "temperature" in acc.Tags()["scalars"]
+    assert "test_ts/temperature" in acc.Tags()["scalars"]  # TensorBoard's tag of final.json's temperature (logs.tb_tag)
 
 
 def test_predictions_npz_reproduces_final_metrics(tiny_run: tuple[Path, dict]) -> None:
