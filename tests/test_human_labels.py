@@ -110,9 +110,11 @@ def test_a_raw_pickle_and_other_contents_are_refused_in_one_line(tmp_path: Path)
     torch.save({k: np.zeros(3, np.float32) for k in ("clean_label", *SETS)}, tmp_path / "floats.pt")
     torch.save({**{k: np.zeros(3, np.int64) for k in SETS}, "clean_label": np.zeros(4, np.int64)}, tmp_path / "len.pt")
     (tmp_path / "text.pt").write_text("not a torch file")
+    torch.save({k: np.full(3, -1, np.int64) for k in ("clean_label", *SETS)}, tmp_path / "negative.pt")
     expect = {"raw.pt": "cannot be loaded safely", "tensor.pt": "must hold clean_label, aggre_label",
               "floats.pt": "cannot be loaded safely", "len.pt": "1-D integer arrays of one length",
-              "text.pt": "cannot be loaded safely", "missing.pt": "no such file"}
+              "text.pt": "cannot be loaded safely", "missing.pt": "no such file",
+              "negative.pt": "its labels must be class indices >= 0"}
     for name, text in expect.items():
         with pytest.raises(ConfigError, match=re.escape(text)) as e:
             read_label_file("data.label_noise.file", str(tmp_path / name))
@@ -180,6 +182,7 @@ def test_a_file_that_does_not_fit_the_data_is_refused_in_one_line(toy: Toy, tmp_
     torch.save(short, tmp_path / "short.pt")
     wrong = dict(toy.labels, clean_label=np.roll(toy.labels["clean_label"], 1))
     torch.save(wrong, tmp_path / "wrong.pt")
+    torch.save(dict(toy.labels, worse_label=toy.labels["worse_label"] + 1), tmp_path / "big.pt")  # labels up to 10
     np.savez(tmp_path / "index.npz", train=np.arange(80), test=np.arange(40))  # not this folder's map
     cases = {
         "short.pt": (toy.args("data.label_noise.kind=human", f"data.label_noise.file={tmp_path / 'short.pt'}",
@@ -187,6 +190,8 @@ def test_a_file_that_does_not_fit_the_data_is_refused_in_one_line(toy: Toy, tmp_
                                                                 "has 80 images"),
         "wrong.pt": (toy.args("data.label_noise.kind=human", f"data.label_noise.file={tmp_path / 'wrong.pt'}",
                               "data.label_noise.labels=aggre"), "its clean_label disagrees with the training labels"),
+        "big.pt": (toy.args("data.label_noise.kind=human", f"data.label_noise.file={tmp_path / 'big.pt'}",
+                            "data.label_noise.labels=aggre"), "its labels go up to 10; imagefolder has 10 classes"),
         "map": ([*toy.noise("aggre"), f"data.original_index={tmp_path / 'index.npz'}"],
                 "its clean_label disagrees with the training labels"),
     }

@@ -80,6 +80,8 @@ def read_label_file(key: str, path: str) -> dict[str, np.ndarray]:
     lengths = {len(v) for v in arrays.values() if isinstance(v, np.ndarray)}
     if bad or len(lengths) != 1:
         raise invalid(key, path, f"its arrays must be 1-D integer arrays of one length (bad: {bad or sorted(lengths)})")
+    if any(len(v) and v.min() < 0 for v in arrays.values()):
+        raise invalid(key, path, "its labels must be class indices >= 0")
     return {k: v.astype(np.int64) for k, v in arrays.items()}
 
 
@@ -207,6 +209,9 @@ def human_noise(cfg: DataConfig, s: Split, k: int, n_official: int, seed: int, w
         raise invalid(key, noise.file, f"holds {len(arrays['clean_label'])} labels; the training split of "
                                        f"{cfg.name} has {n_official} images")
     keep = None if cfg.classes is None else list(cfg.classes)
+    top = max(int(v.max()) for v in arrays.values())
+    if keep is None and top >= k:
+        raise invalid(key, noise.file, f"its labels go up to {top}; {cfg.name} has {k} classes")
     clean = _in_classes(arrays["clean_label"], keep)
     _check_clean(key, noise.file, clean, s, what)
     given = _in_classes(arrays[FILE_KEYS[noise.labels]], keep)[s.src.numpy()]
