@@ -75,7 +75,9 @@ def _seed_label(run: RunResult, seed_keys: Sequence[str]) -> str:
 def mean_row(g: Group, keys: Sequence[str], baseline: Baseline) -> list[str]:
     """One setting: its mean ECE with the mean of its runs' bootstrap intervals, and the seed-paired Δs."""
     s = g.stats
-    boot = (f" (bootstrap [{s['test/ece_lo'].mean:.4f}, {s['test/ece_hi'].mean:.4f}])"
+    floor = (f"; floor {s['test/ece_floor'].mean:.4f}"
+             if "test/ece_floor" in s and s["test/ece_floor"].mean is not None else "")
+    boot = (f" (bootstrap [{s['test/ece_lo'].mean:.4f}, {s['test/ece_hi'].mean:.4f}]{floor})"
             if "test/ece_lo" in s and s["test/ece_lo"].mean is not None else "")
     ece = "–" if s["test/ece"].mean is None else f"{s['test/ece'].mean:.4f}"
     return [*(value_label(g.labels[k]) for k in keys), str(len(g.done)), ece + boot,
@@ -101,7 +103,7 @@ def pair_rows(runs: Sequence[RunResult], groups: Sequence[Group], keys: Sequence
 
 def ece_section(runs: Sequence[RunResult], baseline: Baseline) -> list[str]:
     """Markdown lines of the section; none when no finished pair has predictions.npz and resamples."""
-    metrics = present(runs, ("test/ece", "test/ece_lo", "test/ece_hi", "test_ts/ece"))
+    metrics = present(runs, ("test/ece", "test/ece_lo", "test/ece_hi", "test/ece_floor", "test_ts/ece"))
     if "test/ece" not in metrics:
         return []
     groups, keys = build_groups(runs, metrics, baseline)
@@ -111,7 +113,9 @@ def ece_section(runs: Sequence[RunResult], baseline: Baseline) -> list[str]:
     resamples = sorted({int(r.config.get("eval.bootstrap", 1000)) for r in runs if r.status == "done"} - {0})
     return ["", f"## {TITLE}", "",
             f"ECE: mean over seeds, with each run's own {LEVEL:.0%} bootstrap interval over the test samples "
-            f"(mean of test/ece_lo and test/ece_hi). Δ: the seed-paired difference to {baseline.label} "
+            f"(mean of test/ece_lo and test/ece_hi) and, where recorded, its floor: the ECE a perfectly calibrated "
+            f"model with the same confidences would score on as many images (test/ece_floor). "
+            f"Δ: the seed-paired difference to {baseline.label} "
             f"(mean ± {LEVEL:.0%} CI half-width over seeds).", "",
             md_table([*keys, "n", "test/ece", "Δtest/ece (seeds)", "Δtest_ts/ece (seeds)"],
                      [mean_row(g, keys, baseline) for g in groups]), "",

@@ -14,8 +14,9 @@ from ls_bench.report.stats import LEVEL, Baseline, Group, build_groups, value_la
 from ls_bench.report.tables import md_table, tables
 
 SELECTIVE = ("test/aurc", "test/eaurc", "test/risk_cov80", "test_ts/aurc", "test/ece_lo", "test/ece_hi",
-             "test/dece", "test/smece")
-SHIFT = ("acc", "nll", "ece", "ts_ece")  # per severity: shift/s<k>/<key>
+             "test/ece_floor", "test/dece", "test/smece")
+# per severity: shift/s<k>/<key>; *_floor: what a calibrated model scores on as few images (selective.ece_floor)
+SHIFT = ("acc", "nll", "ece", "ece_floor", "ts_ece", "ts_ece_floor")
 POSTHOC_KEYS = ("acc", "nll", "ece", "aurc")  # per post-hoc method: test_<m>/<key>
 SCORE_KEYS = ("aurc", "augrc", "cov_at_5risk")  # per selective score: test/<score>/<key>
 HUMAN = tuple(f"{s}/human/{k}" for s in ("test", "test_ts") for k in ("nll", "kl", "entropy_corr", "top1_agree")
@@ -43,6 +44,19 @@ def section_metrics(runs: Sequence[RunResult]) -> dict[str, list[str]]:
     return {title: ks for title, ks in sections.items() if ks}
 
 
+def _floor_line(ax, groups: Sequence[Group], key: str) -> bool:
+    """The ECE floor of `key` (mean over settings and seeds) as a dashed line: ECEs near it are noise."""
+    floors: dict[int, list[float]] = {}
+    for g in groups:
+        for name, s in g.stats.items():
+            if (m := re.fullmatch(rf"shift/s(\d+)/{key}_floor", name)) and s.mean is not None:
+                floors.setdefault(int(m.group(1)), []).append(s.mean)
+    if floors:
+        k = sorted(floors)
+        ax.plot(k, [sum(floors[i]) / len(floors[i]) for i in k], "k--", linewidth=1, label="calibrated model's floor")
+    return bool(floors)
+
+
 def markdown_sections(runs: Sequence[RunResult], baseline: Baseline) -> tuple[list[str], dict[str, list[Group]]]:
     """Markdown lines of every section, and each section's groups (for the plots)."""
     lines: list[str] = []
@@ -64,7 +78,7 @@ def plot_shift(groups: Sequence[Group], path: Path) -> bool:
     from matplotlib.figure import Figure
 
 
-    panels = [key for key in SHIFT if key != "nll"]
+    panels = ("acc", "ece", "ts_ece")
     fig = Figure(figsize=(4.2 * len(panels), 3.6), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     drawn = False
@@ -77,6 +91,7 @@ def plot_shift(groups: Sequence[Group], path: Path) -> bool:
                 label = ", ".join(f"{k}={value_label(v)}" for k, v in g.labels.items())
                 ax.errorbar([k for k, _ in pts], [s.mean for _, s in pts], yerr=[s.ci or 0.0 for _, s in pts],
                             marker="o", capsize=3, label=label)
+        drawn |= _floor_line(ax, groups, key)
         ax.set(xlabel="severity", ylabel=key, title={"acc": "accuracy", "ece": "ECE", "ts_ece":
                                                      "ECE after TS (T from clean val)"}[key])
         ax.grid(alpha=0.3)
