@@ -351,3 +351,29 @@ def test_epsilon_1_on_the_shared_files_is_cifar10h_exactly(shared: Path) -> None
     p = run.criterion.targets(run.ds.train.x[idx], run.ds.train.y[idx], None, None, idx).p
     h = np.load(shared / "cifar10h" / "cifar10h-probs.npy")[run.ds.train.src[idx].numpy()]
     assert torch.equal(p, torch.from_numpy(h).float())
+
+
+def test_data_cifar10_needs_no_map_its_order_is_the_original(toy: Toy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchvision's CIFAR10 (absent here) is read in the original order, with Split.src = 0..N-1:
+    a stand-in reader giving the toy's images in that order gets each image its own human label.
+    (The validation draw is by position, so it holds out other images than the ImageFolder order.)"""
+    from ls_bench import data
+    from ls_bench.data.loader import Split
+
+    folder_train = data.DATASETS["imagefolder"](make_config(*toy.args()).data)[0]
+    by_src = folder_train.x[folder_train.src.argsort()]  # image of each original index
+
+    def original_order(cfg):  # the ImageFolder copy put back in the original order, as torchvision reads it
+        train, test, classes = data.DATASETS["imagefolder"](make_config(*toy.args()).data)
+        back = [Split(s.x[s.src.argsort()], s.y[s.src.argsort()], torch.arange(len(s))) for s in (train, test)]
+        return back[0], back[1], classes
+
+    monkeypatch.setitem(data.DATASETS, "cifar10", original_order)
+    args = ["data=cifar10", "data.val_size=10", "data.label_noise.kind=human", f"data.label_noise.file={toy.n}",
+            "data.label_noise.labels=worse"]
+    check_config(make_config(*args))
+    ds = load_dataset(make_config(*args).data)
+    src = ds.train.src.numpy()
+    assert torch.equal(ds.train.x, by_src[src])
+    assert ds.train.y.tolist() == toy.labels["worse_label"][src].tolist()
+    assert ds.clean_train_y.tolist() == toy.original["train"][src].tolist()
