@@ -25,6 +25,10 @@ def test_every_group_option_composes(group: str, option: str) -> None:
         with pytest.raises(ConfigError, match=r"^loss.teacher=None is invalid: must name a finished ls-bench run"):
             make_config(f"{group}={option}", *extra)
         return
+    if (group, option) == ("experiment", "cifar10h"):  # needs CIFAR-10H's file: tests/test_human_labels.py
+        with pytest.raises(ConfigError, match=r"^loss.human=None is invalid: must be set with loss.prior=human"):
+            make_config(f"{group}={option}", *extra)
+        return
     cfg = make_config(f"{group}={option}", *extra)
     assert isinstance(cfg, Config)
     if group not in ("trainer", "experiment"):

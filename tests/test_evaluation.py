@@ -339,7 +339,7 @@ def test_evaluate_split_reports_each_metric_under_its_name() -> None:
     z, y = random_logits(2000, 10, seed=17)
     conf, correct = (torch.from_numpy(a) for a in np_conf_correct(z, y))
     got = evaluate_split(z, y, n_bins=15, bootstrap=200, seed=3)
-    assert set(got) == {"aurc", "eaurc", "risk_cov80", "ece_lo", "ece_hi", "dece", "smece"}
+    assert set(got) == {"aurc", "eaurc", "risk_cov80", "ece_lo", "ece_hi", "ece_floor", "dece", "smece"}
     assert all(isinstance(v, float) for v in got.values())
     sel = selective_metrics(z, y)
     assert {k: got[k] for k in sel} == pytest.approx(sel, abs=1e-15)
