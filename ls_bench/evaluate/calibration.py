@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import torch.nn.functional as F
-from scipy.optimize import minimize_scalar
 from torch import Tensor
 
 from ls_bench.errors import ConfigError
@@ -24,14 +23,18 @@ def fit_temperature(logits: Tensor, labels: Tensor) -> float:
     """The T in [T_MIN, T_MAX] minimising validation NLL of softmax(logits / T).
 
     The NLL is convex in 1/T, hence unimodal in s = log T: scipy's bounded Brent search on s finds
-    the bounded optimum to |Δs| ~ 1e-9 (1e-7 at a bound) (T fitted to logits · c is c · T to 1e-9; torch's LBFGS,
-    used before, stopped ~1e-5 short of it). Never returns a T whose validation NLL is worse than
+    the bounded optimum to |Δs| ~ 1e-9, 1e-7 at a bound (T fitted to logits · c is c · T to 1e-9;
+    torch's LBFGS, used before, stopped ~1e-5 short of it). Never returns a T whose validation NLL is worse than
     T = 1 (the uncalibrated model).
     """
     if len(labels) == 0:
         raise ConfigError("metrics.temperature_scaling=true needs a non-empty validation split "
                           "(set data.val_size > 0, or metrics.temperature_scaling=false)")
     check_inputs(logits, labels)
+    # Imported here: scipy.optimize costs 1-2 s to import, which every run's start-up would pay (and a
+    # Ctrl-C landing inside it leaves scipy half-imported); only the end of a run needs it.
+    from scipy.optimize import minimize_scalar
+
     # float64 copy: a normal tensor even when `logits` came out of torch.inference_mode().
     logits, labels = logits.detach().double().clone(), labels.long()
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from scipy.optimize import minimize
 from scipy.special import log_softmax
 
 ODIR_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3)  # λ and μ candidates (normalised as in eq. 5)
@@ -63,6 +62,8 @@ def _minimise(x: np.ndarray, y: np.ndarray, lam: float, mu: float, diag: bool,
     k = x.shape[1]
     if theta0 is None:  # identity map: the uncalibrated model
         theta0 = np.concatenate([np.ones(k) if diag else np.eye(k).ravel(), np.zeros(k)])
+    from scipy.optimize import minimize  # here: a 1-2 s import that only a fit should pay (calibration.py)
+
     res = minimize(_nll_grad, theta0, args=(x, y, lam, mu, diag), jac=True, method="L-BFGS-B", options=tol)
     return res.x
 
