@@ -41,6 +41,7 @@ def _comparable(final: dict) -> dict:
 
 
 
+@pytest.mark.slow  # two 25-epoch runs (~30 s idle); tests/test_slurm.py resumes killed runs too
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     epochs = 25
     ref = run_cli(f"trainer.epochs={epochs}", "trainer.progress=false", "data.augment=true",
@@ -75,6 +76,7 @@ def test_sigterm_stops_cleanly_keeping_finished_epochs(tmp_path: Path) -> None:
 
 
 
+@pytest.mark.slow  # a sweep run twice (~30 s idle)
 def test_sigterm_ends_the_whole_sweep_and_the_same_command_resumes_it(tmp_path: Path) -> None:
     """Pre-emption of a sweep: the job in flight stops cleanly, the next jobs do not start (the
     process exits 128 + SIGTERM), and relaunching the same command finishes every job."""
