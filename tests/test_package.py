@@ -93,3 +93,25 @@ def test_ruff_passes() -> None:
     r = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "ls_bench", "tests", "scripts"],
                        cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-1000:]
+
+
+SCREEN = 50  # lines: a function longer than this is split by idea (STYLE habit 4)
+
+
+def long_functions(paths) -> list[str]:
+    return [f"{p.relative_to(REPO)}:{n.lineno} {n.name} ({n.end_lineno - n.lineno + 1} lines)"
+            for p in paths for n in ast.walk(ast.parse(p.read_text()))
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > SCREEN]
+
+
+def test_no_function_passes_a_screen() -> None:
+    paths = [p for d in ("ls_bench", "scripts", "tests") for p in sorted((REPO / d).rglob("*.py"))]
+    assert not long_functions(paths)
+
+
+def test_the_screen_check_finds_a_long_function(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    fits, too_long = tmp_path / "fits.py", tmp_path / "too_long.py"
+    fits.write_text("def f():\n" + "    x = 1\n" * (SCREEN - 1))
+    too_long.write_text("def g():\n" + "    x = 1\n" * SCREEN)
+    assert long_functions([fits, too_long]) == [f"too_long.py:1 g ({SCREEN + 1} lines)"]
