@@ -22,7 +22,7 @@ uniform over rows then columns (the authors' cx over size[2], then cy over size[
 authors' loop, which draws λ and the box only for mixed batches, every draw is made whatever r is:
 each batch consumes the same numbers at every prob, so with one seed the batches mixed at a lower
 prob are a subset of those mixed at a higher one, with the same λ, partners and boxes (paired runs
-across prob, like the nested flips in losses.py). "none" draws nothing.
+across prob, like the nested flips in ls_bench.losses). "none" draws nothing.
 
 α ≤ 0 is refused (check_mix) rather than meaning λ = 1 as in the authors' code: no mixing is
 mix.name=none, said once, not a second spelling of it.
