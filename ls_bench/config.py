@@ -55,6 +55,7 @@ class ModelConfig:
 class LossConfig:
     name: str = "label_smoothing"  # see ls_bench.losses.LOSSES
     epsilon: float = 0.0  # smoothing mass; 0 is one-hot cross-entropy
+    allow_negative: bool = False  # epsilon < 0: negative label smoothing (Wei et al., ICML 2022), down to -8
     prior: Any = "uniform"  # uniform | others | class_prior | human (per image, loss.human) | list of K probabilities
     # loss.prior=human reads it (other priors ignore it, so one sweep can compare priors): per-image
     # label distributions, CIFAR-10H's cifar10h-probs.npy
@@ -261,11 +262,28 @@ def validate(cfg: Config) -> None:
     _validate_search(cfg)
 
 
-def _validate_loss(lo: LossConfig) -> None:
+# Negative label smoothing (Wei et al., ICML 2022): the authors' smooth rates run from 0.8 down to
+# -8.0 (their code's candidates 0.8, 0.6, ..., -1.0, -2.0, -4.0, -6.0, -8.0); below that is unstudied.
+NEGATIVE_EPSILON_MIN = -8.0
+
+
+def _validate_epsilon(lo: LossConfig) -> None:
+    eps = lo.epsilon
+    if lo.allow_negative:
+        _check(lo.name == "label_smoothing", "loss.allow_negative", lo.allow_negative,
+               f"only with loss=label_smoothing (loss={lo.name} has no negative smoothing)")
+        _check(_finite(eps) and NEGATIVE_EPSILON_MIN <= eps < 1, "loss.epsilon", eps,
+               "must be in [-8, 1) with loss.allow_negative=true (Wei et al. 2022 studied smooth rates -8 to 0.8)")
+        return
     # ε = 1 is the human distribution itself (Peterson et al. 2019); with a fixed prior it would learn nothing.
-    _check(_finite(lo.epsilon) and (0 <= lo.epsilon < 1 or (lo.epsilon == 1 and lo.prior == "human")),
-           "loss.epsilon", lo.epsilon, "must be in [0, 1] with loss.prior=human" if lo.prior == "human" else
-           "must be in [0, 1)")
+    _check(_finite(eps) and (0 <= eps < 1 or (eps == 1 and lo.prior == "human")),
+           "loss.epsilon", eps, "must be in [0, 1] with loss.prior=human" if lo.prior == "human" else
+           "must be in [0, 1)" + (" (below 0 is negative label smoothing: add loss.allow_negative=true)"
+                                  if _finite(eps) and NEGATIVE_EPSILON_MIN <= eps < 0 else ""))
+
+
+def _validate_loss(lo: LossConfig) -> None:
+    _validate_epsilon(lo)
     _check(_finite(lo.gamma) and lo.gamma >= 0, "loss.gamma", lo.gamma, "must be >= 0")
     _check(_finite(lo.beta) and lo.beta >= 0, "loss.beta", lo.beta, "must be >= 0")
     _check(_finite(lo.margin) and lo.margin >= 0, "loss.margin", lo.margin, "must be >= 0")

@@ -392,3 +392,42 @@ def test_mixed_targets_are_the_mix_of_the_smoothed_targets_and_the_same_pairs_at
         dominant = y if ref.lam >= 0.5 else y[ref.perm]
         assert torch.equal(out[eps].acc_labels, dominant) and torch.equal(out[eps].labels, y)
     assert torch.equal(out[0.0].x, out[0.1].x)  # the same λ and partners whatever ε is
+
+
+# --- issue 24: negative label smoothing (Wei et al., ICML 2022) ---------------------------------------
+
+
+def gls_reference(z: torch.Tensor, y: torch.Tensor, smooth_rate: float) -> torch.Tensor:
+    """The authors' loss_gls (UCSC-REAL/negative-label-smoothing), written out:
+    (1 - r)·NLL + r·mean_k(-log q_k), averaged over the batch."""
+    logq = F.log_softmax(z.double(), dim=-1)
+    nll = -logq.gather(1, y.unsqueeze(1)).squeeze(1)
+    return ((1 - smooth_rate) * nll + smooth_rate * -logq.mean(-1)).mean()
+
+
+def test_negative_smoothing_by_hand_and_against_the_authors_formula(batch) -> None:
+    # logits [0, ln 3] -> q = [1/4, 3/4], label 1, ε = -0.2, uniform: target [-0.1, 1.1]
+    z, y = torch.tensor([[0.0, math.log(3)]]), torch.tensor([1])
+    c = make_criterion(LossConfig(epsilon=-0.2, allow_negative=True), 2, torch.ones(2))
+    assert c.expected_target(y).tolist()[0] == pytest.approx([-0.1, 1.1])
+    hand = -(-0.1 * math.log(0.25) + 1.1 * math.log(0.75))  # 0.177821
+    assert c(z, y).item() == pytest.approx(hand, rel=1e-6)
+    zb, yb = batch
+    for r in (-0.2, -1.0, -8.0):
+        ours = crit(epsilon=r, allow_negative=True)(zb, yb)
+        assert ours.item() == pytest.approx(gls_reference(zb, yb, r).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("overrides,key,says", [
+    (["loss.epsilon=-0.2"], "loss.epsilon", "loss.allow_negative=true"),  # the typo guard still holds
+    (["loss.epsilon=-8.5", "loss.allow_negative=true"], "loss.epsilon", "[-8, 1)"),
+    (["loss.epsilon=1.0", "loss.allow_negative=true"], "loss.epsilon", "[-8, 1)"),
+    (["loss=focal", "loss.epsilon=-0.2", "loss.allow_negative=true"], "loss.allow_negative", "label_smoothing"),
+])
+def test_negative_smoothing_is_refused_in_one_line_outside_its_range(overrides, key, says) -> None:
+    from conftest import make_config
+
+    with pytest.raises(ConfigError) as e:
+        make_config(*overrides)
+    assert str(e.value).startswith(f"{key}=") and says in str(e.value) and "\n" not in str(e.value)
+    assert make_config("loss.epsilon=-8", "loss.allow_negative=true").loss.epsilon == -8.0
