@@ -273,6 +273,31 @@ def _output_dir(key: str, value: str) -> Path:
     return path
 
 
+def slurm_losses_in_one_line() -> None:
+    """A Slurm job that ends without a result (scancel, a node failure, a kill for memory) makes
+    submitit's Job.results raise UncompletedJobError carrying the job's last ~40 log lines, which
+    Hydra prints with a traceback, and the launcher stops collecting the other jobs. Here that job
+    returns a failed result instead: the other jobs are still waited for, and the sweep ends, like
+    one with a failed job, non-zero with one line naming the Slurm job, its state and its log."""
+    from hydra.core.utils import JobReturn, JobStatus
+    from submitit.core import core, utils
+
+    results = core.Job.results
+    if getattr(results, "one_line", False):
+        return
+
+    def one_line(job: Any) -> list:
+        try:
+            return results(job)
+        except utils.UncompletedJobError:
+            error = UserError(f"ls-bench: error: Slurm job {job.job_id} ended without a result (state {job.state}); "
+                              f"rerun the same command to resume it (its log: {job.paths.stderr})")
+            return [JobReturn(overrides=[f"slurm_job={job.job_id}"], status=JobStatus.FAILED, _return_value=error)]
+
+    one_line.one_line = True  # type: ignore[attr-defined]
+    core.Job.results = one_line
+
+
 class OutputGuard(Callback):
     """Registered in configs/config.yaml (hydra.callbacks). Runs in the main process before any
     job: checks the output folder, and makes a sweep folder single-writer: `<sweep dir>/.sweep.lock`
@@ -294,6 +319,7 @@ class OutputGuard(Callback):
             from ls_bench.slurm_watch import use_squeue_fallback  # no sacct: one notice, not one per poll
 
             use_squeue_fallback()
+            slurm_losses_in_one_line()
 
 
 # Sweep folders to report on when this (main) process ends; filled by SweepReport.
