@@ -273,7 +273,7 @@ def _output_dir(key: str, value: str) -> Path:
     return path
 
 
-def slurm_losses_in_one_line() -> None:
+def slurm_lost_jobs_in_one_line() -> None:
     """A Slurm job that ends without a result (scancel, a node failure, a kill for memory) makes
     submitit's Job.results raise UncompletedJobError carrying the job's last ~40 log lines, which
     Hydra prints with a traceback, and the launcher stops collecting the other jobs. Here that job
@@ -319,7 +319,7 @@ class OutputGuard(Callback):
             from ls_bench.slurm_watch import use_squeue_fallback  # no sacct: one notice, not one per poll
 
             use_squeue_fallback()
-            slurm_losses_in_one_line()
+            slurm_lost_jobs_in_one_line()
 
 
 # Sweep folders to report on when this (main) process ends; filled by SweepReport.

@@ -151,8 +151,9 @@ def test_a_slurm_sweep_survives_preemption_and_a_kill(slurm_env: dict[str, str],
     assert first.wait(timeout=600) == 1  # submitit's error: job 1 ended without a result
     err = (tmp_path / "first.err").read_text()
     assert err.count(NOTICE) == 1 and "Bypassing sacct error" not in err, err
-    # the killed job is one line (cli.slurm_losses_in_one_line), not submitit's traceback and log tail
-    assert f"ls-bench: error: Slurm job {job_id(sweep, 1)} ended without a result" in err and "Traceback" not in err, err
+    # the killed job is one line (cli.slurm_lost_jobs_in_one_line), not submitit's traceback and log tail
+    lost = f"ls-bench: error: Slurm job {job_id(sweep, 1)} ended without a result"
+    assert lost in err and "Traceback" not in err, err
     killed_at = check_first_launch(runs, sweep, err, slurm_env)
 
     wait_for("no job left in squeue", lambda: not slurm(slurm_env, "squeue", "--noheader").strip())
