@@ -62,6 +62,7 @@ class LossConfig:
     human: Optional[str] = None
     class_weights: Any = None  # None | balanced | list of K non-negative weights
     gamma: float = 2.0  # focal loss exponent
+    gamma_schedule: Optional[str] = None  # loss=focal: null (the fixed gamma) | flsd53 (Mukhoti et al. 2020)
     beta: float = 0.1  # confidence-penalty weight
     margin: float = 10.0  # loss=margin: the logit distance m beyond which gaps are penalised
     margin_weight: float = 0.1  # loss=margin: λ of the margin term

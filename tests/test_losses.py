@@ -431,3 +431,43 @@ def test_negative_smoothing_is_refused_in_one_line_outside_its_range(overrides, 
         make_config(*overrides)
     assert str(e.value).startswith(f"{key}=") and says in str(e.value) and "\n" not in str(e.value)
     assert make_config("loss.epsilon=-8", "loss.allow_negative=true").loss.epsilon == -8.0
+
+
+# --- issue 24: FLSD-53 (Mukhoti et al. 2020) ----------------------------------------------------------
+
+
+def flsd53_reference(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The authors' FocalLossAdaptive (torrvision/focal_calibration) at gamma=3, written out: γ from
+    pt.item() (5 below 0.2, 3 in [0.2, 0.5), gamma=3 from 0.5), -(1-pt)^γ·log pt, here averaged."""
+    logpt = F.log_softmax(z, dim=1).gather(1, y.unsqueeze(1)).view(-1)
+    pt = logpt.exp()
+    gammas = torch.tensor([5.0 if p.item() < 0.2 else 3.0 if p.item() < 0.5 else 3.0 for p in pt])
+    return (-1 * (1 - pt) ** gammas * logpt).mean()
+
+
+def test_flsd53_by_hand_and_against_the_authors_code() -> None:
+    # q_y = 1/10 (< 0.2: γ = 5) and q_y = 3/4 (γ = 3)
+    z = torch.tensor([[math.log(9), 0.0], [0.0, math.log(3)]], requires_grad=True)
+    y = torch.tensor([1, 1])
+    c = make_criterion(LossConfig(name="focal", gamma_schedule="flsd53"), 2, torch.ones(2))
+    hand = (-(0.9 ** 5) * math.log(0.1) - (0.25 ** 3) * math.log(0.75)) / 2
+    loss = c(z, y)
+    assert loss.item() == pytest.approx(hand, rel=1e-5)
+    (grad,) = torch.autograd.grad(loss, z)
+    g = torch.Generator().manual_seed(3)
+    zb, yb = torch.randn(64, 10, generator=g) * 2, torch.randint(0, 10, (64,), generator=g)
+    zb.requires_grad_(True)
+    c10 = make_criterion(LossConfig(name="focal", gamma_schedule="flsd53"), 10, torch.ones(10))
+    ours, ref = c10(zb, yb), flsd53_reference(zb, yb)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
+    (g_ours,) = torch.autograd.grad(ours, zb)
+    (g_ref,) = torch.autograd.grad(ref, zb)  # γ a constant per sample (detached p_y), as in the authors' code
+    assert torch.allclose(g_ours, g_ref, atol=1e-6) and torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("kw,says", [({"name": "focal", "gamma_schedule": "flsd35"}, "flsd53"),
+                                     ({"gamma_schedule": "flsd53"}, "loss=focal")])
+def test_gamma_schedule_is_refused_in_one_line(kw, says) -> None:
+    with pytest.raises(ConfigError, match=r"^loss\.gamma_schedule=") as e:
+        check_loss(LossConfig(**kw))
+    assert says in str(e.value) and "\n" not in str(e.value)

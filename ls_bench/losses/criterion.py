@@ -4,7 +4,7 @@ targets and sums the terms, and `make_criterion`, which assembles it from the co
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -23,11 +23,13 @@ from ls_bench.losses.targets import (
     prior_vector,
 )
 from ls_bench.losses.terms import (
+    GAMMA_SCHEDULES,
     ConfidencePenalty,
     Distillation,
     LogitNorm,
     MarginPenalty,
     batch_mean,
+    flsd53_gamma,
     soft_ce_per_sample,
 )
 
@@ -53,6 +55,11 @@ def check_loss(cfg: LossConfig) -> None:
             raise invalid("loss.class_weights", cfg.class_weights, WEIGHTS_HELP)
     elif cfg.class_weights is not None:
         _weight_list(cfg.class_weights)
+    if cfg.gamma_schedule is not None:
+        if cfg.gamma_schedule not in GAMMA_SCHEDULES:
+            raise invalid("loss.gamma_schedule", cfg.gamma_schedule, "null (the fixed loss.gamma) or flsd53")
+        if cfg.name != "focal":
+            raise invalid("loss.gamma_schedule", cfg.gamma_schedule, f"only with loss=focal (loss={cfg.name} has no γ)")
     if cfg.name == "binary":
         # y' = (1-ε)y + ε(1-y) puts all of ε on the other class: that is the `others` prior at K = 2.
         if cfg.prior != "others":
@@ -89,6 +96,7 @@ class Criterion:
     target: Smoothed  # the target builder (Smoothed or Flipped)
     weight: Tensor | None = None  # [K] class weights
     gamma: float = 0.0  # focal exponent (0: cross-entropy)
+    gamma_schedule: Callable[[Tensor, Tensor], Tensor] | None = None  # per-sample γ from (log q, y): FLSD-53
     penalties: tuple[Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor], ...] = ()
     binary: bool = False  # one sigmoid output, binary LS
     logit_norm: LogitNorm | None = None
@@ -133,7 +141,8 @@ class Criterion:
             return F.binary_cross_entropy_with_logits(logits.float().squeeze(1), p[:, 1])
         z = logits.float() if self.logit_norm is None else self.logit_norm(logits.float())
         logq = F.log_softmax(z, dim=1)
-        per = soft_ce_per_sample(logq, p, self.weight, self.gamma)
+        gamma = self.gamma if self.gamma_schedule is None else self.gamma_schedule(logq, labels)
+        per = soft_ce_per_sample(logq, p, self.weight, gamma)
         for term in self.penalties:
             per = per + term(logits, logq, labels, self.weight)
         if self.distill is not None:
@@ -162,6 +171,26 @@ def logit_terms(cfg: LossConfig) -> tuple[Callable[[Tensor, Tensor, Tensor, Tens
     return ()
 
 
+def loss_terms(cfg: LossConfig) -> dict[str, Any]:
+    """The Criterion's fields that shape the loss of a step, by loss name (the target aside)."""
+    return {"gamma": float(cfg.gamma) if cfg.name == "focal" else 0.0,
+            "gamma_schedule": flsd53_gamma if cfg.gamma_schedule == "flsd53" else None,
+            "penalties": logit_terms(cfg), "binary": cfg.name == "binary",
+            "logit_norm": LogitNorm(float(cfg.tau)) if cfg.name == "logit_norm" else None}
+
+
+def make_target(cfg: LossConfig, num_classes: int, class_counts: Tensor, human: Tensor | None) -> Smoothed:
+    """The target builder: smoothing (any prior), flipping."""
+    per_image = None
+    if cfg.prior == "human":
+        if human is None or human.shape[1] != num_classes:
+            raise invalid("loss.prior", cfg.prior, "the training images have no human label distribution (loss.human)")
+        per_image = human.float()
+    prior = per_image.mean(0) if per_image is not None else prior_vector(cfg.prior, num_classes, class_counts)
+    builder = Flipped if cfg.name == "label_flip" else Smoothed
+    return builder(num_classes, float(cfg.epsilon), prior, per_image)
+
+
 def make_criterion(cfg: LossConfig, num_classes: int, class_counts: Tensor, mixer: "Mixer | None" = None,
                    teacher: "Teacher | None" = None, human: Tensor | None = None) -> Criterion:
     """Build and check the loss for a dataset with `num_classes` classes; errors are one line.
@@ -173,18 +202,7 @@ def make_criterion(cfg: LossConfig, num_classes: int, class_counts: Tensor, mixe
                           f"pick two with data.classes=[a,b]")
     if (cfg.name == "distill") != (teacher is not None):
         raise ValueError("loss=distill needs a teacher, and only loss=distill takes one")
-    per_image = None
-    if cfg.prior == "human":
-        if human is None or human.shape[1] != num_classes:
-            raise invalid("loss.prior", cfg.prior, "the training images have no human label distribution (loss.human)")
-        per_image = human.float()
-    prior = per_image.mean(0) if per_image is not None else prior_vector(cfg.prior, num_classes, class_counts)
+    target = make_target(cfg, num_classes, class_counts, human)
     weight = class_weight_vector(cfg.class_weights, num_classes, class_counts)
-    builder = Flipped if cfg.name == "label_flip" else Smoothed
-    return Criterion(num_classes, builder(num_classes, float(cfg.epsilon), prior, per_image), weight,
-                     gamma=float(cfg.gamma) if cfg.name == "focal" else 0.0, penalties=logit_terms(cfg),
-                     binary=cfg.name == "binary",
-                     logit_norm=LogitNorm(float(cfg.tau)) if cfg.name == "logit_norm" else None,
-                     mixer=mixer, teacher=teacher,
-                     distill=Distillation(float(cfg.kd_alpha), float(cfg.kd_temperature)) if teacher is not None
-                     else None)
+    distill = Distillation(float(cfg.kd_alpha), float(cfg.kd_temperature)) if teacher is not None else None
+    return Criterion(num_classes, target, weight, **loss_terms(cfg), mixer=mixer, teacher=teacher, distill=distill)

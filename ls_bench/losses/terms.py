@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def soft_ce_per_sample(logq: Tensor, p: Tensor, weight: Tensor | None = None, gamma: float = 0.0) -> Tensor:
+def soft_ce_per_sample(logq: Tensor, p: Tensor, weight: Tensor | None = None, gamma: float | Tensor = 0.0) -> Tensor:
     """-Σ_k w_k p_k (1 - q_k)^γ log q_k per sample, [B], for the target p and the model's log q = log_softmax(z);
-    γ = 0 is the soft cross-entropy.
+    γ = 0 is the soft cross-entropy; γ may be a [B, 1] tensor, one exponent per sample (FLSD-53).
 
     Class weights scale every term of the target, both LS terms included (PyTorch's convention).
     Focal loss (Lin et al. 2017, eq. 4 without α) is γ > 0: 1 - q as -expm1(log q) (exact near
@@ -20,9 +20,22 @@ def soft_ce_per_sample(logq: Tensor, p: Tensor, weight: Tensor | None = None, ga
     sample (q = 1 in float32) would make the gradient NaN.
     """
     wp = p if weight is None else p * weight
-    if gamma:
+    if isinstance(gamma, Tensor) or gamma:
         return -(wp * (-torch.expm1(logq)).clamp_min(1e-12).pow(gamma) * logq).sum(1)
     return -(wp * logq).sum(1)
+
+
+GAMMA_SCHEDULES = ("flsd53",)  # loss.gamma_schedule's names (null: the fixed loss.gamma)
+
+
+def flsd53_gamma(logq: Tensor, labels: Tensor) -> Tensor:
+    """FLSD-53 (Mukhoti et al., "Calibrating deep neural networks using focal loss", NeurIPS 2020,
+    sec. 5): γ = 5 for a sample whose true-class probability p_y < 0.2, else γ = 3, as a [B, 1]
+    tensor. p_y is detached, as in the authors' torrvision/focal_calibration
+    (Losses/focal_loss_adaptive_gamma.py picks γ from pt.item(): 5 below 0.2, 3 in [0.2, 0.5), and
+    its γ = 3 from 0.5 up): γ is a constant of each step, not a path for the gradient."""
+    p_y = logq.detach().gather(1, labels.unsqueeze(1)).exp()
+    return torch.where(p_y < 0.2, 5.0, 3.0)
 
 
 def batch_mean(per: Tensor, labels: Tensor, weight: Tensor | None) -> Tensor:
