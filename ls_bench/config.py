@@ -140,6 +140,7 @@ class EvalConfig:
     ood_root: Optional[str] = None  # the folder of eval.ood's svhn/cifar files or of its imagefolder tree
     bootstrap: int = 1000  # resamples of the test/ece_lo, test/ece_hi interval; 0 = none
     human: Optional[str] = None  # CIFAR-10H's cifar10h-probs.npy: test/human/* (ls_bench.evaluate.human)
+    representation: bool = False  # test/repr/*, held_out/repr/* of the penultimate features (evaluate.representation)
 
 
 @dataclass

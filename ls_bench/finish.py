@@ -18,6 +18,7 @@ from ls_bench.evaluate.figures import SplitFigures, select_per_class, write_figu
 from ls_bench.evaluate.human import human_results, noise_outputs
 from ls_bench.evaluate.metrics import compute_metrics
 from ls_bench.evaluate.posthoc import posthoc_metrics
+from ls_bench.evaluate.representation import representation_results
 from ls_bench.evaluate.scores import best_normalised, score_metrics
 from ls_bench.evaluate.selective import evaluate_split
 from ls_bench.evaluate.shift import ood_results, shift_metrics
@@ -47,6 +48,8 @@ def finish(run: Run, history: list[dict[str, Any]], logger: RunLogger, run_dir: 
             final.update({f"{s}_ts/{k}": v for k, v in m.items()})
     extra_logits = final_evaluations(run, final, logits["test"], labels["test"], final.get("temperature"))
     final.update(posthoc_results(cfg, logits, labels, run.top_k, run_dir))
+    if cfg.eval.representation:  # the penultimate features' geometry, and a linear probe on left-out classes
+        final.update(representation(run, logits["test"], run_dir))
     if len(ds.noisy_idx):
         final.update(memorisation(run))
     if "test" in ds.human:  # eval.human: the model against CIFAR-10H's distributions
@@ -87,6 +90,14 @@ def posthoc_results(cfg: Config, logits: dict[str, Tensor], labels: dict[str, Te
     merge_last_record(run_dir / "metrics.jsonl", out)
     log.info("post-hoc calibration and scores (%s): %.2f s", ", ".join([*methods, *cfg.metrics.scores]),
              time.perf_counter() - t0)
+    return out
+
+
+def representation(run: Run, test_logits: Tensor, run_dir: Path) -> dict[str, float]:
+    """eval.representation: test/repr/* and held_out/repr/* (ls_bench.evaluate.representation), also
+    in the last epoch's metrics.jsonl record."""
+    out = representation_results(run.cfg, run.ds.test, test_logits, lambda s: run.predict(s, features=True))
+    merge_last_record(run_dir / "metrics.jsonl", out)
     return out
 
 
