@@ -28,6 +28,13 @@ class LabelNoiseConfig:
 
 
 @dataclass
+class ImbalanceConfig:
+    # ρ = n_max / n_min of an exponential long tail cut from the training split (Cao et al. 2019's
+    # CIFAR-10-LT): n_k = int(n_max · ρ^(-k/(K-1))), class 0 the head; null: the split as it is
+    ratio: Optional[float] = None
+
+
+@dataclass
 class DataConfig:
     name: str = "digits"  # digits | cifar10 | cifar100 | svhn | imagefolder
     root: Optional[str] = None  # required except for digits; the torchvision datasets' YAML says ./data
@@ -44,6 +51,7 @@ class DataConfig:
     original_index: Optional[str] = None  # imagefolder: .npz of each image's original CIFAR-10 index (train, test)
     train_on: str = "train"  # test: train (and validate) on the official test split, test on the training split
     label_noise: LabelNoiseConfig = field(default_factory=LabelNoiseConfig)
+    imbalance: ImbalanceConfig = field(default_factory=ImbalanceConfig)
 
 
 @dataclass
@@ -315,6 +323,9 @@ def _validate_data(d: DataConfig) -> None:
     _check(d.name == "imagefolder" or d.original_index in (None, ""), "data.original_index", d.original_index,
            f"is only read with data=imagefolder (data={d.name} is in its original order)")
     _validate_noise(d.label_noise)
+    rho = d.imbalance.ratio
+    _check(rho is None or (_finite(rho) and rho >= 1), "data.imbalance.ratio", rho,
+           "must be null (no long tail) or a finite number >= 1 (n_max / n_min, e.g. 10 or 100)")
 
 
 def _validate_noise(noise: LabelNoiseConfig) -> None:

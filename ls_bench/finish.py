@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ls_bench.config import Config
 from ls_bench.evaluate.calibration import fit_temperature
+from ls_bench.evaluate.classwise import class_results, group_metrics, is_long_tailed
 from ls_bench.evaluate.figures import SplitFigures, select_per_class, write_figures
 from ls_bench.evaluate.human import human_results, noise_outputs
 from ls_bench.evaluate.metrics import compute_metrics
@@ -46,6 +47,7 @@ def finish(run: Run, history: list[dict[str, Any]], logger: RunLogger, run_dir: 
         for s in ("val", "test"):
             m = compute_metrics(logits[s] / t, labels[s], cfg.metrics.n_bins, run.top_k)
             final.update({f"{s}_ts/{k}": v for k, v in m.items()})
+    final.update(imbalance_results(run, logits["test"], labels["test"], final.get("temperature")))
     extra_logits = final_evaluations(run, final, logits["test"], labels["test"], final.get("temperature"))
     final.update(posthoc_results(cfg, logits, labels, run.top_k, run_dir))
     if cfg.eval.representation:  # the penultimate features' geometry, and a linear probe on left-out classes
@@ -126,6 +128,24 @@ def hparams_of(cfg: Config) -> dict[str, Any]:
     return {"loss": cfg.loss.name, "epsilon": cfg.loss.epsilon, "prior": str(cfg.loss.prior), "mix": cfg.mix.name,
             "model": cfg.model.name, "data": cfg.data.name, "seed": cfg.seed, "noise_rate": cfg.data.label_noise.rate,
             "epochs": cfg.trainer.epochs, "lr": cfg.optim.lr, "batch_size": cfg.trainer.batch_size}
+
+
+def imbalance_results(run: Run, z: Tensor, y: Tensor, temperature: float | None) -> dict[str, Any]:
+    """Head / medium / tail accuracy and class-wise ECE on test (and test_ts), and each class's
+    numbers under `per_class`, when the training split is long-tailed (evaluate.classwise)."""
+    counts = run.ds.true_class_counts()
+    if not is_long_tailed(counts, run.cfg.data.imbalance.ratio):
+        return {}
+    n_bins = run.cfg.metrics.n_bins
+    out: dict[str, Any] = {}
+    per_class: dict[str, list] = {"class_counts": counts.tolist()}
+    for split, t in (("test", 1.0), ("test_ts", temperature)):
+        if t is None:
+            continue
+        out.update({f"{split}/{k}": v for k, v in group_metrics(z / t, y, counts, n_bins).items()})
+        per_class.update({f"{split}/{k}": [None if v != v else v for v in values.tolist()]  # NaN: no test image
+                          for k, values in class_results(z / t, y, n_bins).items()})
+    return {**out, "per_class": per_class}
 
 
 def memorisation(run: Run) -> dict[str, float]:

@@ -122,6 +122,7 @@ def build_run_info(run: Run, config: dict[str, Any]) -> dict[str, Any]:
         "python": platform.python_version(), "device": str(run.device), "precision": precision_name(run.amp_dtype),
         **run.machine, "seeds": run.seeds, "init_sha": init_sha, "classes": ds.classes,
         "sizes": {k: len(getattr(ds, k)) for k in ("train", "val", "test")},
+        "class_counts": ds.true_class_counts().tolist(),  # training images per true class (data.imbalance's n_k)
         "image_shape": list(ds.train.x.shape[1:]),
         "determinism": {**run.backends, "note": "bit-identical reruns on the CPU with the same threads; on CUDA "
                         "only with trainer.deterministic=true (same GPU model, same software)"},

@@ -65,6 +65,8 @@ def test_wrong_type_fails_at_composition() -> None:
     ("trainer.batch_size=0", "trainer.batch_size"), ("metrics.n_bins=0", "metrics.n_bins"),
     ("data.label_noise.rate=1.0", "data.label_noise.rate"), ("model.name=resnet7", "model.name"),
     ("data.name=mnist", "data.name"), ("trainer.precision=fp8", "trainer.precision"),
+    ("data.imbalance.ratio=0.5", "data.imbalance.ratio"), ("data.imbalance.ratio=nan", "data.imbalance.ratio"),
+    ("data.imbalance.ratio=inf", "data.imbalance.ratio"), ("data.imbalance.ratio=-10", "data.imbalance.ratio"),
 ])
 def test_out_of_range_values_name_the_field(override: str, field: str) -> None:
     with pytest.raises(ConfigError) as e:

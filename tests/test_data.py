@@ -19,11 +19,18 @@ from PIL import Image
 from scipy.stats import binomtest, chisquare
 from torchvision.transforms.v2 import functional as TF
 
-from ls_bench.config import DataConfig, LabelNoiseConfig
+from ls_bench.config import DataConfig, ImbalanceConfig, LabelNoiseConfig
 from ls_bench.data import load_dataset
 from ls_bench.data.loader import Normalize, Split, channel_stats, eval_batches, random_crop_flip, train_batches
 from ls_bench.data.readers import _list_images
-from ls_bench.data.splits import CIFAR10_ASYM, corrupt_labels, select_classes, stratified_split
+from ls_bench.data.splits import (
+    CIFAR10_ASYM,
+    corrupt_labels,
+    long_tail,
+    long_tail_counts,
+    select_classes,
+    stratified_split,
+)
 from ls_bench.errors import ConfigError
 
 PAD = 4
@@ -417,3 +424,72 @@ def test_unknown_classes_fail(classes, msg) -> None:
 def test_corrupt_labels_rejects_bad_rate() -> None:
     with pytest.raises(ValueError):
         corrupt_labels(torch.zeros(3, dtype=torch.long), 2, 1.0, "symmetric", seed=0)
+
+
+# --- class imbalance (data.imbalance) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_max,K,rho,total", [
+    (5000, 10, 100, 12406), (5000, 10, 50, 13996), (5000, 10, 10, 20431),  # CIFAR-10-LT
+    (500, 100, 100, 10847), (500, 100, 10, 19573),  # CIFAR-100-LT
+])
+def test_long_tail_counts_give_the_published_cifar_lt_sizes(n_max: int, K: int, rho: int, total: int) -> None:
+    # The training-set sizes of Cao et al. 2019's CIFAR-LT (and the papers that reuse it) from the
+    # full 5000 (500) images per class.
+    counts = long_tail_counts(n_max, K, rho)
+    assert sum(counts) == total and counts[0] == n_max and counts[-1] == n_max // rho
+    assert counts == sorted(counts, reverse=True)
+    assert long_tail_counts(5000, 10, 100) == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]  # LDAM-DRW's
+
+
+def test_long_tail_keeps_random_images_per_class_nested_in_rho_and_fixed_by_seed() -> None:
+    y = torch.arange(5).repeat_interleave(40)[torch.randperm(200, generator=torch.Generator().manual_seed(0))]
+    small, big = long_tail_counts(40, 5, 10), long_tail_counts(40, 5, 2)
+    keep10, keep2 = long_tail(y, small, seed=1), long_tail(y, big, seed=1)
+    assert torch.bincount(y[keep10], minlength=5).tolist() == small
+    assert set(keep10.tolist()) <= set(keep2.tolist())  # one seed: ρ = 10 keeps a subset of ρ = 2
+    assert np.array_equal(keep10, long_tail(y, small, seed=1))
+    assert not np.array_equal(keep10, long_tail(y, small, seed=2))
+    assert np.all(np.diff(keep10) > 0)  # sorted positions: the split keeps its order
+
+
+def _images(x: torch.Tensor) -> set[bytes]:
+    return {bytes(img.numpy().tobytes()) for img in x}
+
+
+def test_imbalance_cuts_train_after_val_and_leaves_val_and_test_balanced() -> None:
+    balanced = load_dataset(DataConfig(name="digits"))
+    lt = load_dataset(DataConfig(name="digits", imbalance=ImbalanceConfig(ratio=10)))
+    n_max = int(torch.bincount(balanced.train.y).min())  # the smallest class after the hold-out
+    expected = [int(n_max * 0.1 ** (k / 9)) for k in range(10)]
+    assert torch.bincount(lt.train.y, minlength=10).tolist() == expected == lt.true_class_counts().tolist()
+    assert lt.class_counts().tolist() == expected and expected[-1] == n_max // 10
+    for s in ("val", "test"):
+        assert torch.equal(getattr(lt, s).x, getattr(balanced, s).x) and torch.equal(getattr(lt, s).y,
+                                                                                       getattr(balanced, s).y)
+    assert _images(lt.train.x) <= _images(balanced.train.x)
+    assert lt.mean != balanced.mean  # normalised with the statistics of the split it trains on
+
+
+def test_imbalance_follows_train_size_and_classes_order_and_precedes_label_noise() -> None:
+    cfg = DataConfig(name="digits", train_size=300, classes=[9, 3, 5], imbalance=ImbalanceConfig(ratio=4))
+    pool = load_dataset(DataConfig(name="digits", train_size=300, classes=[9, 3, 5]))
+    ds = load_dataset(cfg)
+    n_max = int(torch.bincount(pool.train.y).min())  # of the train_size subset
+    assert ds.true_class_counts().tolist() == [n_max, int(n_max * 0.25 ** 0.5), int(n_max / 4)]  # "9" is the head
+    noisy = load_dataset(DataConfig(name="digits", train_size=300, classes=[9, 3, 5],
+                                    imbalance=ImbalanceConfig(ratio=4), label_noise=LabelNoiseConfig(rate=0.3)),
+                         noise_seed=0)
+    assert torch.equal(noisy.clean_train_y, ds.train.y) and len(noisy.noisy_idx) > 0  # flips on the kept images
+    assert noisy.true_class_counts().tolist() == ds.true_class_counts().tolist()  # counted on clean labels
+    assert noisy.class_counts().tolist() != ds.class_counts().tolist()  # what class_prior sees: the labels trained on
+
+
+def test_a_ratio_leaving_a_class_empty_is_one_line_naming_the_limit() -> None:
+    n_max = int(torch.bincount(load_dataset(DataConfig(name="digits")).train.y).min())
+    with pytest.raises(ConfigError) as e:
+        load_dataset(DataConfig(name="digits", imbalance=ImbalanceConfig(ratio=10 * n_max)))
+    msg = str(e.value)
+    assert msg.startswith(f"data.imbalance.ratio={10 * n_max} is invalid: leaves class ") and "\n" not in msg
+    assert f"must be in [1, {n_max})" in msg
+    assert len(load_dataset(DataConfig(name="digits", imbalance=ImbalanceConfig(ratio=n_max - 1))).train) > 0

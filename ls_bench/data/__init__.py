@@ -17,7 +17,15 @@ from torch import Tensor
 from ls_bench.config import DataConfig
 from ls_bench.data.loader import Split, channel_stats
 from ls_bench.data.readers import DATASETS
-from ls_bench.data.splits import corrupt_labels, select_classes, sized, split_count, stratified_split
+from ls_bench.data.splits import (
+    corrupt_labels,
+    long_tail,
+    long_tail_counts,
+    select_classes,
+    sized,
+    split_count,
+    stratified_split,
+)
 from ls_bench.errors import invalid
 
 log = logging.getLogger(__name__)
@@ -55,7 +63,14 @@ class Dataset:
         return self.train.x.shape[2]
 
     def class_counts(self) -> Tensor:
+        """Training images per label as trained on (after any label noise): loss.prior=class_prior."""
         return torch.bincount(self.train.y.cpu(), minlength=self.num_classes)
+
+    def true_class_counts(self) -> Tensor:
+        """Training images per true class (before label noise): run_info's class_counts, the
+        head / medium / tail groups; with data.imbalance, the long tail's n_k."""
+        y = self.train.y if self.clean_train_y is None else self.clean_train_y
+        return torch.bincount(y.cpu(), minlength=self.num_classes)
 
     def to(self, device: torch.device) -> "Dataset":
         return replace(self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device))
@@ -98,9 +113,27 @@ def load_dataset(cfg: DataConfig, noise_seed: int = 0) -> Dataset:
             train = train.take(keep)
     if len(train) < 1:
         raise invalid("data.train_size", cfg.train_size, "leaves no training images")
+    if cfg.imbalance.ratio is not None:  # on the clean labels, before any label noise
+        train = _long_tail(cfg, train, classes)
     train, val, noisy_idx, clean, facts = _corrupt(cfg, train, val, classes, noise_seed, official["train"][1])
     mean, std = channel_stats(train.x)
     return Dataset(train, val, test, classes, mean, std, cfg.augment, noisy_idx, clean, facts, official)
+
+
+def _long_tail(cfg: DataConfig, train: Split, classes: list[str]) -> Split:
+    """data.imbalance: the exponential long tail cut from the training split (val and test stay
+    balanced); n_max is the smallest class's count here, so every class has its n_k images."""
+    rho, K = cfg.imbalance.ratio, len(classes)
+    n_max = int(torch.bincount(train.y.cpu(), minlength=K).min())
+    counts = long_tail_counts(n_max, K, rho)
+    if min(counts) < 1:
+        k = counts.index(0)
+        after = "the validation hold-out" + (" and data.train_size" if cfg.train_size is not None else "")
+        raise invalid("data.imbalance.ratio", rho, f"leaves class {k} ({classes[k]}) with 0 training images: "
+                      f"the smallest class has n_max={n_max} images after {after}, so ρ must be in [1, {n_max}) here")
+    keep = long_tail(train.y, counts, cfg.split_seed)
+    log.info("class imbalance: ρ=%g, %d of %d training images kept, per class %s", rho, len(keep), len(train), counts)
+    return train.take(keep)
 
 
 def _official(n_train: int, n_test: int | None, train_on: str) -> dict[str, tuple[str, int]]:

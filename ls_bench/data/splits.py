@@ -69,6 +69,32 @@ def select_classes(s: Split, keep: list[int]) -> Split:
     return Split(s.x[mask], remap[s.y[mask]], None if s.src is None else s.src[mask])
 
 
+def long_tail_counts(n_max: int, num_classes: int, ratio: float) -> list[int]:
+    """Images per class of an exponential long tail: n_k = int(n_max · (1/ρ)^(k/(K-1))), k = 0..K-1.
+
+    Cao et al. 2019 (LDAM-DRW), CIFAR-10-LT: kaidic/LDAM-DRW imbalance_cifar.py's
+    get_img_num_per_cls, written the same way (imb_factor = 1/ρ, int() truncates), so n_max = 5000
+    and ρ = 100 give its 5000, 2997, ..., 50 (12,406 images). Class 0 is the head, K-1 the tail.
+    """
+    imb_factor = 1 / ratio
+    return [int(n_max * imb_factor ** (k / max(num_classes - 1.0, 1.0))) for k in range(num_classes)]
+
+
+def long_tail(y: Tensor, counts: list[int], seed: int) -> np.ndarray:
+    """Sorted positions keeping counts[k] images of each class k, drawn at random with `seed`.
+
+    Each class's images are permuted once by a generator seeded with `seed` alone and its first
+    counts[k] kept (LDAM-DRW shuffles and slices the same way), so with one seed a larger ρ keeps a
+    subset of what a smaller ρ keeps."""
+    rng = np.random.RandomState(seed)
+    labels = y.cpu().numpy()
+    keep = []
+    for k, n in enumerate(counts):
+        members = np.flatnonzero(labels == k)
+        keep.append(members[rng.permutation(len(members))[:n]])
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
+
+
 # CIFAR-10 asymmetric noise of Patrini et al. 2017: truck->automobile, bird->airplane,
 # deer->horse, cat<->dog (by class name, so it holds for any folder with these classes).
 CIFAR10_ASYM = {"truck": "automobile", "bird": "airplane", "deer": "horse", "cat": "dog", "dog": "cat"}

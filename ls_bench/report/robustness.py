@@ -21,6 +21,10 @@ POSTHOC_KEYS = ("acc", "nll", "ece", "aurc")  # per post-hoc method: test_<m>/<k
 SCORE_KEYS = ("aurc", "augrc", "cov_at_5risk")  # per selective score: test/<score>/<key>
 HUMAN = tuple(f"{s}/human/{k}" for s in ("test", "test_ts") for k in ("nll", "kl", "entropy_corr", "top1_agree")
               if not (s == "test_ts" and k == "top1_agree"))  # eval.human (T keeps the argmax: no test_ts top1)
+# data.imbalance (ls_bench.evaluate.classwise): the classes in thirds by training count; TS keeps the argmax,
+# so accuracy is shown once
+IMBALANCE = (*(f"test/{g}_acc" for g in ("head", "medium", "tail")),
+             *(f"{s}/{g}_cwece" for s in ("test", "test_ts") for g in ("head", "medium", "tail")))
 
 
 def section_metrics(runs: Sequence[RunResult]) -> dict[str, list[str]]:
@@ -40,6 +44,8 @@ def section_metrics(runs: Sequence[RunResult]) -> dict[str, list[str]]:
                                                if f"test/{s}/{key}" in keys],
         "Human uncertainty (eval.human: the model against CIFAR-10H's label distributions)": [
             k for k in HUMAN if k in keys],
+        "Class imbalance (head / medium / tail: thirds of the classes by training count)": [
+            k for k in IMBALANCE if k in keys],
     }
     return {title: ks for title, ks in sections.items() if ks}
 
