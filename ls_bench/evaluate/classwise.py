@@ -7,7 +7,7 @@ head is the first round(K/3), the tail the last round(K/3), the medium group the
 split of Liu et al. 2019 ("Large-scale long-tailed recognition in an open world", OLTR) by rank
 instead of by their absolute thresholds (> 100, 20-100, < 20 training images): those were set for
 ImageNet-LT's 1,280-to-5 images per class, and on CIFAR-10-LT at ρ = 100 (4,500 to 45 after the
-validation hold-out) they would leave a single class below 100 images and none below 20. Thirds
+validation hold-out) they would leave two classes below 100 images and none below 20. Thirds
 by rank give every group classes at any K >= 3 and any ρ, and the same classes across ρ.
 
 - Per-class accuracy (recall) acc_k = #{i : y_i = k, argmax q_i = k} / #{i : y_i = k}
