@@ -26,6 +26,7 @@ from ls_bench.evaluate.shift import ood_results, shift_metrics
 from ls_bench.files import atomic_write, atomic_write_text, write_json
 from ls_bench.logs import RunLogger, read_jsonl
 from ls_bench.run import Run
+from ls_bench.teacher import checked_teacher
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def finish(run: Run, history: list[dict[str, Any]], logger: RunLogger, run_dir: 
     if ds.noise_info:  # data.label_noise.kind=human|matched: the transition matrix
         noise_outputs(ds.clean_train_y, ds.train.y, ds.classes, ds.noise_info, cfg.metrics.figures, logger, run_dir)
     if run.criterion.teacher is not None:
-        final.update(run.criterion.teacher.numbers)
+        final.update(checked_teacher(run.criterion.teacher.numbers, final))  # warns of a weaker teacher
     final["epochs"] = len(history)
     final["metric_settings"] = {"n_bins": cfg.metrics.n_bins, "top_k": run.top_k, "softmax": "float64",
                                 "binning": "equal-width ((m-1)/M, m/M], 0 in the first bin, 1 in the last",

@@ -13,6 +13,7 @@ mode; without augmentation or mixing its logits over the training split are comp
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -28,6 +29,8 @@ from ls_bench.models import outputs_fp32_head
 if TYPE_CHECKING:
     from ls_bench.data import Dataset
     from ls_bench.data.loader import Normalize
+
+log = logging.getLogger(__name__)
 
 # What a teacher must share with its student: the same inputs, the same classes, and the same
 # held-out images (the split seed and sizes), so the teacher never trained on the student's
@@ -163,16 +166,41 @@ class Teacher:
     info: dict[str, Any]  # for the student's run_info.json: {dir, loss, epsilon, ...}
     numbers: dict[str, float]  # for the student's final.json: {teacher/epsilon, teacher/test_acc, ...}
     cache: Tensor | None = None
+    temperature: float = 1.0  # loss.kd_temperature: the T of the soft targets the student sees
+    # Σ wrong-class mass, Σ correct, count over the batches since the last epoch_numbers(), on the
+    # device (read once per epoch: no per-step sync)
+    tally: Tensor | None = None
 
     @torch.inference_mode()
     def infer(self, x: Tensor) -> Tensor:
         """The teacher's logits on the student's input x, head in float32 (as predict computes them)."""
         return outputs_fp32_head(self.model, torch.addcmul(self.shift, x, self.scale), self.amp())
 
-    def __call__(self, x: Tensor, idx: Tensor | None = None) -> Tensor:
-        if self.cache is not None and idx is not None:
-            return self.cache[idx]
-        return self.infer(x).clone()  # out of inference mode: usable in the student's autograd graph
+    def __call__(self, x: Tensor, idx: Tensor | None = None, labels: Tensor | None = None) -> Tensor:
+        """The teacher's logits on x; with `labels`, the batch is added to the epoch's tally."""
+        z = self.cache[idx] if self.cache is not None and idx is not None else self.infer(x).clone()
+        if labels is not None:  # clone(): out of inference mode, usable in the student's autograd graph
+            self.observe(z, labels)
+        return z
+
+    @torch.no_grad()
+    def observe(self, logits: Tensor, labels: Tensor) -> None:
+        """Add a batch to the tally: the mass softmax(z_t/T) puts on classes other than the label,
+        1 - p_T(y), and whether the teacher's argmax is the label."""
+        p_y = torch.softmax(logits.float() / self.temperature, dim=1).gather(1, labels[:, None]).squeeze(1)
+        batch = torch.stack([(1 - p_y).sum(), (logits.argmax(1) == labels).sum().float(),
+                             torch.tensor(float(len(labels)), device=logits.device)])
+        self.tally = batch if self.tally is None else self.tally + batch
+
+    def epoch_numbers(self) -> dict[str, float]:
+        """teacher/train_wrong_mass (Müller et al. 2019 §5's measure of what a teacher passes on:
+        mean 1 - p_T(y) over the student's training batches, at the KD temperature) and
+        teacher/train_acc since the last call, which starts a new tally; {} if nothing was seen."""
+        if self.tally is None:
+            return {}
+        wrong, correct, n = self.tally.tolist()
+        self.tally = None
+        return {"teacher/train_wrong_mass": wrong / n, "teacher/train_acc": correct / n}
 
 
 def teacher_stats(info: dict[str, Any], tcfg: Config, cfg: Config) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -233,11 +261,33 @@ def load_teacher(run_dir: Path, cfg: Config, ds: "Dataset", norm: "Normalize", d
     s_mean, s_std, t_mean, t_std = (torch.tensor(v, device=device).view(1, -1, 1, 1)
                                     for v in (ds.mean, ds.std, t_mean, t_std))
     # (x_raw/255 - m_t)/s_t = x_s · (s_s/s_t) + (m_s - m_t)/s_t, with x_s = (x_raw/255 - m_s)/s_s
-    teacher = Teacher(model, s_std / t_std, (s_mean - t_mean) / t_std, amp, run_dir, *teacher_record(run_dir, info))
+    teacher = Teacher(model, s_std / t_std, (s_mean - t_mean) / t_std, amp, run_dir, *teacher_record(run_dir, info),
+                      temperature=float(cfg.loss.kd_temperature))
     if not ds.augment and cfg.mix.name == "none":
         batches = eval_batches(ds.train, cfg.trainer.eval_batch_size, norm)
         teacher.cache = torch.cat([teacher.infer(x) for x, _ in batches]).clone()
     return teacher
+
+
+def weaker_teacher(teacher_acc: float | None, student_acc: float | None, student: str) -> str | None:
+    """The warning when a teacher is less accurate on the student's test split than `student` (a
+    description of the student it is compared with), else None. A teacher that a student can beat
+    without it has little to pass on: distillation from it cannot test Müller et al. 2019 §5."""
+    if teacher_acc is None or student_acc is None or teacher_acc >= student_acc:
+        return None
+    return (f"the teacher is less accurate on the student's test split ({teacher_acc:.4f}) than {student} "
+            f"({student_acc:.4f}): it has little to teach")
+
+
+def checked_teacher(numbers: dict[str, float], final: dict[str, Any]) -> dict[str, float]:
+    """The teacher's numbers for the student's final.json, after a warning in the log when the
+    teacher's recorded test accuracy is below this student's own. (The same test images: a teacher
+    must share the student's data, classes and held-out splits, MUST_MATCH. A single run has no
+    student without a teacher to compare with; the sweep report compares with those of a sweep.)"""
+    warning = weaker_teacher(numbers.get("teacher/test_acc"), final.get("test/acc"), "this distilled student")
+    if warning:
+        log.warning(warning)
+    return numbers
 
 
 def teacher_record(run_dir: Path, info: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:

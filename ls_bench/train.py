@@ -252,6 +252,8 @@ def run_epoch(run: Run, epoch: int, logits: dict[str, Tensor]) -> tuple[dict[str
     except RunFailed as e:
         raise RunFailed(f"epoch {epoch + 1}: {e}") from None
     train_s = time.perf_counter() - t_ep
+    if run.criterion.teacher is not None:  # what the teacher gave over the epoch: teacher/train_*
+        m.update(run.criterion.teacher.epoch_numbers())
     m["lr"] = lr
     m["perf/train_img_per_s"] = min(run.steps_per_epoch * cfg.trainer.batch_size, len(run.ds.train)) / train_s
     if (epoch + 1) % cfg.trainer.eval_every == 0 or epoch + 1 == cfg.trainer.epochs:

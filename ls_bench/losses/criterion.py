@@ -129,7 +129,7 @@ class Criterion:
             mixed = self.mixer(x, p, mix_g)
             x, p, acc_labels = mixed.x, mixed.p, dominant(labels, mixed.lam, mixed.perm)
             idx = None if mixed.lam < 1 else idx  # a mixed batch is new images: no cached teacher logits
-        teacher = self.teacher(x, idx) if self.teacher is not None else None
+        teacher = self.teacher(x, idx, acc_labels) if self.teacher is not None else None  # tallied per epoch
         return Batch(x, p, labels, acc_labels, teacher)
 
     def loss(self, logits: Tensor, batch: Batch) -> Tensor:
