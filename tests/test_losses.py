@@ -471,3 +471,35 @@ def test_gamma_schedule_is_refused_in_one_line(kw, says) -> None:
     with pytest.raises(ConfigError, match=r"^loss\.gamma_schedule=") as e:
         check_loss(LossConfig(**kw))
     assert says in str(e.value) and "\n" not in str(e.value)
+
+
+# --- issue 24: label relaxation (Lienen & Hüllermeier, AAAI 2021) ------------------------------------
+
+
+def test_label_relaxation_by_hand_loss_and_gradient() -> None:
+    # q = [0.5, 0.3, 0.2], y = 0, α = 0.1: r = [0.9, 0.06, 0.04]; KL(r ‖ q) = 0.9 ln 1.8 + 0.1 ln 0.2
+    # q = [0.95, 0.03, 0.02], y = 0: inside the set (q_y ≥ 0.9), no loss
+    z = torch.tensor([[0.5, 0.3, 0.2], [0.95, 0.03, 0.02]]).log().requires_grad_(True)
+    y = torch.tensor([0, 0])
+    c = make_criterion(LossConfig(name="label_relaxation", relax_alpha=0.1), 3, torch.ones(3))
+    loss = c(z, y)
+    assert loss.item() == pytest.approx((0.9 * math.log(1.8) + 0.1 * math.log(0.2)) / 2, rel=1e-5)  # 0.183532
+    (grad,) = torch.autograd.grad(loss, z)
+    # r a constant: d/dz of -Σ r_k log q_k is q - r, halved by the batch mean; the second sample has none
+    assert torch.allclose(grad, torch.tensor([[-0.2, 0.12, 0.08], [0.0, 0.0, 0.0]]), atol=1e-6)
+    zero = make_criterion(LossConfig(name="label_relaxation", relax_alpha=0.0), 3, torch.ones(3))
+    assert zero(z, y).item() == pytest.approx(F.cross_entropy(z, y).item(), rel=1e-6)  # α = 0: cross-entropy
+
+
+def test_label_relaxation_has_no_nan_gradient_when_saturated() -> None:
+    z = torch.tensor([[80.0, 0.0, 0.0], [0.0, 1.0, 0.0]], requires_grad=True)
+    make_criterion(LossConfig(name="label_relaxation"), 3, torch.ones(3))(z, torch.tensor([0, 0])).backward()
+    assert torch.isfinite(z.grad).all() and z.grad[0].abs().max() == 0
+
+
+@pytest.mark.parametrize("kw,key", [({"name": "label_relaxation", "relax_alpha": 1.0}, "loss.relax_alpha"),
+                                    ({"name": "label_relaxation", "epsilon": 0.1}, "loss.epsilon")])
+def test_label_relaxation_bad_values_are_one_line(kw, key) -> None:
+    with pytest.raises(ConfigError, match="^" + key.replace(".", r"\.") + "=") as e:
+        check_loss(LossConfig(**kw))
+    assert "\n" not in str(e.value)

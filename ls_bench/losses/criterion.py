@@ -12,6 +12,7 @@ from torch import Tensor
 
 from ls_bench.config import LossConfig
 from ls_bench.errors import ConfigError, invalid
+from ls_bench.losses.relaxation import LabelRelaxation
 from ls_bench.losses.targets import (
     PRIOR_HELP,
     WEIGHTS_HELP,
@@ -37,7 +38,8 @@ if TYPE_CHECKING:
     from ls_bench.data.mixing import Mixer
     from ls_bench.teacher import Teacher
 
-LOSSES = ("label_smoothing", "label_flip", "focal", "confidence_penalty", "margin", "logit_norm", "distill", "binary")
+LOSSES = ("label_smoothing", "label_flip", "focal", "confidence_penalty", "margin", "logit_norm", "distill", "binary",
+          "label_relaxation")
 PRIORS = ("uniform", "others", "class_prior", "human")
 
 
@@ -55,11 +57,7 @@ def check_loss(cfg: LossConfig) -> None:
             raise invalid("loss.class_weights", cfg.class_weights, WEIGHTS_HELP)
     elif cfg.class_weights is not None:
         _weight_list(cfg.class_weights)
-    if cfg.gamma_schedule is not None:
-        if cfg.gamma_schedule not in GAMMA_SCHEDULES:
-            raise invalid("loss.gamma_schedule", cfg.gamma_schedule, "null (the fixed loss.gamma) or flsd53")
-        if cfg.name != "focal":
-            raise invalid("loss.gamma_schedule", cfg.gamma_schedule, f"only with loss=focal (loss={cfg.name} has no γ)")
+    _check_variants(cfg)
     if cfg.name == "binary":
         # y' = (1-ε)y + ε(1-y) puts all of ε on the other class: that is the `others` prior at K = 2.
         if cfg.prior != "others":
@@ -68,6 +66,21 @@ def check_loss(cfg: LossConfig) -> None:
                                                    "loss=label_smoothing on 2 classes")
         if cfg.class_weights is not None:
             raise invalid("loss.class_weights", cfg.class_weights, "null with loss=binary")
+
+
+def _check_variants(cfg: LossConfig) -> None:
+    """The keys of issue 24's variants: FLSD-53's schedule, label relaxation's α."""
+    if cfg.gamma_schedule is not None:
+        if cfg.gamma_schedule not in GAMMA_SCHEDULES:
+            raise invalid("loss.gamma_schedule", cfg.gamma_schedule, "null (the fixed loss.gamma) or flsd53")
+        if cfg.name != "focal":
+            raise invalid("loss.gamma_schedule", cfg.gamma_schedule, f"only with loss=focal (loss={cfg.name} has no γ)")
+    if cfg.name == "label_relaxation":
+        if not (isinstance(cfg.relax_alpha, (int, float)) and 0 <= cfg.relax_alpha < 1):
+            raise invalid("loss.relax_alpha", cfg.relax_alpha, "must be in [0, 1) (0 is cross-entropy)")
+        if cfg.epsilon != 0:
+            raise invalid("loss.epsilon", cfg.epsilon, "must be 0 with loss=label_relaxation, which builds its own "
+                                                       "target from the prediction (loss.relax_alpha sets its slack)")
 
 
 class Batch(NamedTuple):
@@ -97,6 +110,7 @@ class Criterion:
     weight: Tensor | None = None  # [K] class weights
     gamma: float = 0.0  # focal exponent (0: cross-entropy)
     gamma_schedule: Callable[[Tensor, Tensor], Tensor] | None = None  # per-sample γ from (log q, y): FLSD-53
+    relax: LabelRelaxation | None = None  # label relaxation: replaces the soft CE
     penalties: tuple[Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor], ...] = ()
     binary: bool = False  # one sigmoid output, binary LS
     logit_norm: LogitNorm | None = None
@@ -142,7 +156,8 @@ class Criterion:
         z = logits.float() if self.logit_norm is None else self.logit_norm(logits.float())
         logq = F.log_softmax(z, dim=1)
         gamma = self.gamma if self.gamma_schedule is None else self.gamma_schedule(logq, labels)
-        per = soft_ce_per_sample(logq, p, self.weight, gamma)
+        per = (soft_ce_per_sample(logq, p, self.weight, gamma) if self.relax is None else
+               self.relax(logq, labels, self.weight))
         for term in self.penalties:
             per = per + term(logits, logq, labels, self.weight)
         if self.distill is not None:
@@ -176,7 +191,8 @@ def loss_terms(cfg: LossConfig) -> dict[str, Any]:
     return {"gamma": float(cfg.gamma) if cfg.name == "focal" else 0.0,
             "gamma_schedule": flsd53_gamma if cfg.gamma_schedule == "flsd53" else None,
             "penalties": logit_terms(cfg), "binary": cfg.name == "binary",
-            "logit_norm": LogitNorm(float(cfg.tau)) if cfg.name == "logit_norm" else None}
+            "logit_norm": LogitNorm(float(cfg.tau)) if cfg.name == "logit_norm" else None,
+            "relax": LabelRelaxation(float(cfg.relax_alpha)) if cfg.name == "label_relaxation" else None}
 
 
 def make_target(cfg: LossConfig, num_classes: int, class_counts: Tensor, human: Tensor | None) -> Smoothed:
