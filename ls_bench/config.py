@@ -71,6 +71,7 @@ class LossConfig:
     class_weights: Any = None  # None | balanced | list of K non-negative weights
     gamma: float = 2.0  # focal loss exponent
     gamma_schedule: Optional[str] = None  # loss=focal: null (the fixed gamma) | flsd53 (Mukhoti et al. 2020)
+    ols_alpha: float = 0.5  # loss=online_ls: α of α·CE(onehot) + (1-α)·CE(S[y]) (Zhang et al. 2021)
     relax_alpha: float = 0.1  # loss=label_relaxation: α, the slack 1 - α on the true class (Lienen & Hüllermeier 2021)
     beta: float = 0.1  # confidence-penalty weight
     margin: float = 10.0  # loss=margin: the logit distance m beyond which gaps are penalised

@@ -83,8 +83,14 @@ class RunLogger:
                     self.writer.add_scalar(tb_tag(k), v, step)
             self.writer.flush()
 
-    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+    def log_epoch(self, epoch: int, metrics: dict[str, float], images: dict[str, Any] | None = None) -> None:
+        """One epoch's numbers (TensorBoard, metrics.jsonl) and pictures ([H, W] in [0, 1]; TensorBoard only)."""
         self.log_scalars(epoch, metrics)
+        if images:
+            with self._naming_tb():
+                for tag, img in images.items():
+                    self.writer.add_image(tb_tag(tag), img, epoch, dataformats="HW")
+                self.writer.flush()
         line = json.dumps({"epoch": epoch, **{k: _finite_or_none(v) for k, v in metrics.items()}})
         with open(self.jsonl, "a") as f:  # one short append per epoch; a torn last line is skipped on read
             f.write(line + "\n")

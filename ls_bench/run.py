@@ -71,7 +71,8 @@ class Run:
 
     def training_state(self) -> dict[str, Any]:
         """What last.pt holds besides the epoch and history, by name (load_state_dict targets)."""
-        return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler}
+        return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler,
+                **({"criterion": self.criterion} if self.criterion.stateful else {})}  # online LS's S
 
 
 @torch.inference_mode()

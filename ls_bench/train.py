@@ -89,6 +89,7 @@ def train_one_epoch(run: Run, batches: Iterable[tuple[Tensor, Tensor, Tensor]], 
                 break
     if first_bad.item() >= 0:
         raise RunFailed(f"non-finite training loss at step {first_bad.item()} of the epoch")
+    criterion.end_epoch()  # online LS: S from this epoch's correct predictions (a no-op for fixed targets)
     # A fingerprint of the batch order: runs that differ only in the loss must show the same one.
     order_sha = hashlib.sha256(torch.cat(order).cpu().numpy().tobytes()).hexdigest()[:16]
     return {"train/loss": loss_sum.item() / seen, "train/acc": correct.item() / seen, "data/order_sha": order_sha}
@@ -188,7 +189,7 @@ def fit(cfg: Config, run_dir: Path) -> dict[str, Any]:
         for epoch in epochs:
             m, logits = run_epoch(run, epoch, logits)
             history.append({"epoch": epoch + 1, **m})
-            logger.log_epoch(epoch + 1, m)
+            logger.log_epoch(epoch + 1, m, run.criterion.images())  # online LS: S as a picture
             epochs.set_postfix(loss=f"{m['train/loss']:.4f}", val_acc=f"{m.get('val/acc', float('nan')):.3f}")
             if cfg.trainer.checkpoint:
                 write_checkpoint(ckpt, run, epoch + 1, history)

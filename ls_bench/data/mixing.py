@@ -152,7 +152,8 @@ def check_mix(name: str, alpha: float, prob: float | None) -> None:
 # Losses whose target is not a distribution to mix: binary LS's one sigmoid output, and label_flip,
 # whose flipped one-hot label is a draw, not the expected target.
 UNMIXABLE = {"binary": "one sigmoid output with its own target", "label_flip": "a flipped one-hot label per visit",
-             "label_relaxation": "a target set around one label, built from the prediction"}
+             "label_relaxation": "a target set around one label, built from the prediction",
+             "online_ls": "a per-class target learnt from each sample's own label"}
 
 
 def check_mix_with_loss(mix_name: str, loss_name: str, alpha: float = 1.0, prob: float | None = None) -> None:

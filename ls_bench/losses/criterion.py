@@ -12,6 +12,7 @@ from torch import Tensor
 
 from ls_bench.config import LossConfig
 from ls_bench.errors import ConfigError, invalid
+from ls_bench.losses.online import OnlineSmoothed
 from ls_bench.losses.relaxation import LabelRelaxation
 from ls_bench.losses.targets import (
     PRIOR_HELP,
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from ls_bench.teacher import Teacher
 
 LOSSES = ("label_smoothing", "label_flip", "focal", "confidence_penalty", "margin", "logit_norm", "distill", "binary",
-          "label_relaxation")
+          "label_relaxation", "online_ls")
 PRIORS = ("uniform", "others", "class_prior", "human")
 
 
@@ -69,7 +70,9 @@ def check_loss(cfg: LossConfig) -> None:
 
 
 def _check_variants(cfg: LossConfig) -> None:
-    """The keys of issue 24's variants: FLSD-53's schedule, label relaxation's α."""
+    """The keys of issue 24's variants: FLSD-53's schedule, label relaxation's α, online LS's α."""
+    if cfg.name == "online_ls" and not (isinstance(cfg.ols_alpha, (int, float)) and 0 <= cfg.ols_alpha <= 1):
+        raise invalid("loss.ols_alpha", cfg.ols_alpha, "must be in [0, 1] (the weight of the one-hot term)")
     if cfg.gamma_schedule is not None:
         if cfg.gamma_schedule not in GAMMA_SCHEDULES:
             raise invalid("loss.gamma_schedule", cfg.gamma_schedule, "null (the fixed loss.gamma) or flsd53")
@@ -155,6 +158,7 @@ class Criterion:
             return F.binary_cross_entropy_with_logits(logits.float().squeeze(1), p[:, 1])
         z = logits.float() if self.logit_norm is None else self.logit_norm(logits.float())
         logq = F.log_softmax(z, dim=1)
+        self.target.observe(logq, labels)  # online LS: the step's correct predictions (no-op for the others)
         gamma = self.gamma if self.gamma_schedule is None else self.gamma_schedule(logq, labels)
         per = (soft_ce_per_sample(logq, p, self.weight, gamma) if self.relax is None else
                self.relax(logq, labels, self.weight))
@@ -171,6 +175,25 @@ class Criterion:
                             "criterion.targets(x, labels, g, mix_g, idx))")
         _, p = self.target(logits, labels, g)
         return self.loss(logits, Batch(logits, p, labels, labels))
+
+    # The run state a target may carry (online LS's S): the loop's per-epoch hook, last.pt, TensorBoard.
+    def end_epoch(self) -> None:
+        """The loop calls this after every training epoch (online LS: S from the epoch's correct predictions)."""
+        self.target.end_epoch()
+
+    @property
+    def stateful(self) -> bool:
+        """Whether last.pt must hold this criterion's state_dict."""
+        return bool(self.target.state_dict())
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.target.state_dict()
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.target.load_state_dict(state)
+
+    def images(self) -> dict[str, Tensor]:
+        return self.target.images()
 
     def to(self, device: torch.device) -> "Criterion":
         """Every constant tensor on `device`, once (a per-step copy would wait for the GPU's queue)."""
@@ -196,13 +219,15 @@ def loss_terms(cfg: LossConfig) -> dict[str, Any]:
 
 
 def make_target(cfg: LossConfig, num_classes: int, class_counts: Tensor, human: Tensor | None) -> Smoothed:
-    """The target builder: smoothing (any prior), flipping."""
+    """The target builder: smoothing (any prior), flipping, online LS."""
     per_image = None
     if cfg.prior == "human":
         if human is None or human.shape[1] != num_classes:
             raise invalid("loss.prior", cfg.prior, "the training images have no human label distribution (loss.human)")
         per_image = human.float()
     prior = per_image.mean(0) if per_image is not None else prior_vector(cfg.prior, num_classes, class_counts)
+    if cfg.name == "online_ls":
+        return OnlineSmoothed.start(num_classes, float(cfg.epsilon), prior, float(cfg.ols_alpha))
     builder = Flipped if cfg.name == "label_flip" else Smoothed
     return builder(num_classes, float(cfg.epsilon), prior, per_image)
 

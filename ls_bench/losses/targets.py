@@ -126,6 +126,23 @@ class Smoothed:
                  idx: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return x, self.expected(labels, idx)
 
+    # Run state and per-step observation: none for a fixed target (online LS overrides them).
+    def observe(self, logq: Tensor, labels: Tensor) -> None:
+        """Called with each training step's log q = log_softmax(z) and labels."""
+
+    def end_epoch(self) -> None:
+        """Called by the loop after each training epoch."""
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        pass
+
+    def images(self) -> dict[str, Tensor]:
+        """Pictures of the target's state for TensorBoard, by metric name."""
+        return {}
+
     def to(self, device: torch.device) -> "Smoothed":
         return replace(self, prior=None if self.prior is None else self.prior.to(device),
                        per_image=None if self.per_image is None else self.per_image.to(device))
