@@ -27,6 +27,7 @@ from ls_bench.report.runs import RunResult, find_runs, numeric_keys, present, pr
 from ls_bench.report.stats import EPSILON_KEY, LEVEL, Baseline, Group, build_groups, parse_baseline
 from ls_bench.report.study import TITLE, study_section
 from ls_bench.report.tables import csv_rows, md_table, tables, text_table, write_csv
+from ls_bench.report.teacher import teacher_section
 
 # The metrics of the report, in table order; those absent from every final.json are left out.
 METRICS = ("test/acc", "test/nll", "test/ece", "test/adaece", "test/brier", "test_ts/ece", "temperature")
@@ -77,6 +78,8 @@ def report(sweep_dir: Path, plots: bool = True, out: Any = sys.stdout, metrics: 
     sections, section_groups = markdown_sections(runs, base)  # selective, shift, OOD: when runs have them
     sections = ece_section(runs, base) + sections  # ECE's error bar: when the runs saved predictions
     sections += ensemble_section(runs, base)  # settings with >= 2 seeds and saved predictions
+    distilled, teacher_warnings = teacher_section(runs, base)  # loss=distill: the teacher's information
+    sections += distilled
     study = study_section(sweep_dir, runs)  # an Optuna sweep: what it found, every trial's objective
     sections = study + sections
     md += sections
@@ -88,7 +91,7 @@ def report(sweep_dir: Path, plots: bool = True, out: Any = sys.stdout, metrics: 
         written += figures
         md += ["", *(f"![{n}]({n})" for n in figures)]
     atomic_write_text(out_dir / "summary.md", "\n".join(md) + "\n")
-    print_summary(out, sweep_dir, runs, groups, keys, metrics, base, sections, notes)
+    print_summary(out, sweep_dir, runs, groups, keys, metrics, base, sections, [*teacher_warnings, *notes])
     if study:
         print(f"\n{TITLE}: {study[3]}", file=out)  # its headline
     print(f"wrote {', '.join(written)} in {out_dir}", file=out)

@@ -19,6 +19,9 @@ SELECTIVE = ("test/aurc", "test/eaurc", "test/risk_cov80", "test_ts/aurc", "test
 SHIFT = ("acc", "nll", "ece", "ece_floor", "ts_ece", "ts_ece_floor")
 POSTHOC_KEYS = ("acc", "nll", "ece", "aurc")  # per post-hoc method: test_<m>/<key>
 SCORE_KEYS = ("aurc", "augrc", "cov_at_5risk")  # per selective score: test/<score>/<key>
+# eval.representation: the penultimate features of the test split, and of the classes data.classes left out
+REPRESENTATION = (*(f"test/repr/{k}" for k in ("class_separation", "within_between", "logit_spread", "knn_acc")),
+                  *(f"held_out/repr/{k}" for k in ("transfer_acc", "class_separation", "within_between", "knn_acc")))
 HUMAN = tuple(f"{s}/human/{k}" for s in ("test", "test_ts") for k in ("nll", "kl", "entropy_corr", "top1_agree")
               if not (s == "test_ts" and k == "top1_agree"))  # eval.human (T keeps the argmax: no test_ts top1)
 # data.imbalance (ls_bench.evaluate.classwise): the classes in thirds by training count; TS keeps the argmax,
@@ -44,6 +47,7 @@ def section_metrics(runs: Sequence[RunResult]) -> dict[str, list[str]]:
                                                if f"test/{s}/{key}" in keys],
         "Human uncertainty (eval.human: the model against CIFAR-10H's label distributions)": [
             k for k in HUMAN if k in keys],
+        "Representation (eval.representation: the penultimate features)": [k for k in REPRESENTATION if k in keys],
         "Class imbalance (head / medium / tail: thirds of the classes by training count)": [
             k for k in IMBALANCE if k in keys],
     }
