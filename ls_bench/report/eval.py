@@ -9,6 +9,13 @@ Keys already there are never rewritten, so an upgraded run keeps every number it
 keeps the run's own final.json as final.pre-eval.json. final.json and posthoc.json are written
 atomically; nothing else in the run folder changes (TensorBoard and metrics.jsonl keep what the run
 logged). A run without the logits it needs is named and skipped. Then the sweep report is made again.
+
+With --representation, also eval.representation's test/repr/* and held_out/repr/*
+(ls_bench.evaluate.representation) for runs that lack them: the model is rebuilt from the run's last.pt
+(the final weights) and its recorded config, the data reloaded as the run loaded it (data.root as
+recorded, relative to where the command runs), the features computed on the recorded trainer.device
+(auto: a GPU if there is one) in the precision the run recorded; logit_spread reads the saved test
+logits. A run whose data or checkpoint cannot be loaded is named and skipped.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from typing import Any, Sequence
 import yaml
 
 from ls_bench.config import POSTHOC, SCORES
+from ls_bench.errors import ConfigError
 from ls_bench.files import read_json, write_json
 from ls_bench.report.runs import RunResult, find_runs
 
@@ -64,8 +72,40 @@ def missing_logits(run: RunResult) -> str | None:
     return None
 
 
-def upgrade(run: RunResult, chosen: dict[str, list[str]]) -> list[str]:
-    """Add the missing keys of the chosen methods and scores to run's final.json; the keys added."""
+def representation_upgrade(run: RunResult) -> dict[str, float]:
+    """test/repr/* (and held_out/repr/*) of a finished run from its last.pt and recorded config, through
+    the runner's own loading (load_dataset, rebuild_model, predict); {} when it has them already."""
+    import torch
+
+    from ls_bench.data import load_dataset
+    from ls_bench.data.loader import Normalize
+    from ls_bench.evaluate.representation import representation_results
+    from ls_bench.machine import PRECISIONS, autocast, resolve_device, resolve_precision
+    from ls_bench.run import predict
+    from ls_bench.seeds import run_seeds
+    from ls_bench.teacher import rebuild_model, teacher_config
+
+    if "test/repr/class_separation" in run.final:
+        return {}
+    info = read_json(run.dir / "run_info.json")
+    cfg = teacher_config(run.dir, info)
+    device = resolve_device(cfg.trainer.device)
+    ds = load_dataset(cfg.data, run_seeds(cfg)["noise"])
+    z, y = run.predictions("test")
+    if not torch.equal(y, ds.test.y):
+        raise ConfigError(f"{run.dir}: the reloaded test split's labels are not the saved ones (data.root "
+                          f"{cfg.data.root} changed, or a run of another version?)")
+    model = rebuild_model(run.dir, info, cfg, ds).to(device).eval()
+    norm = Normalize(ds.mean, ds.std, device, False)
+    # the precision the run evaluated in (run_info's; bf16 autocast on CPUs with AVX512-BF16 under auto)
+    name = info.get("precision")
+    dtype = PRECISIONS[name] if name in PRECISIONS else resolve_precision(cfg.trainer.precision, device)
+    return representation_results(cfg, ds.test.to(device), z, lambda s: predict(
+        model, s, cfg.trainer.eval_batch_size, norm, autocast(device, dtype), features=True))
+
+
+def posthoc_upgrade(run: RunResult, chosen: dict[str, list[str]]) -> tuple[dict[str, float], dict[str, Any]]:
+    """(numbers, parameters) of the chosen methods and scores the run lacks."""
     from ls_bench.evaluate.posthoc import posthoc_metrics
     from ls_bench.evaluate.scores import score_metrics
 
@@ -74,7 +114,7 @@ def upgrade(run: RunResult, chosen: dict[str, list[str]]) -> list[str]:
     methods = [m for m in chosen["metrics.posthoc"] if f"test_{m}/acc" not in final]
     scores = [s for s in chosen["metrics.scores"] if f"test/{s}/aurc" not in final]
     if not methods and not scores:
-        return []
+        return {}, {}
     val, test = run.predictions("val"), run.predictions("test")
     settings = final.get("metric_settings", {})
     new, params = posthoc_metrics(methods, val, test, int(settings.get("n_bins", 15)),
@@ -83,7 +123,16 @@ def upgrade(run: RunResult, chosen: dict[str, list[str]]) -> list[str]:
     if "ts" in params:
         new["temperature"] = params["ts"]["temperature"]
     numbers, p = score_metrics(scores, val, test)
-    new.update(numbers)
+    return {**new, **numbers}, {**params, **p}
+
+
+def upgrade(run: RunResult, chosen: dict[str, list[str]], representation: bool = False) -> list[str]:
+    """Add the missing keys of the chosen methods and scores (and of eval.representation) to run's
+    final.json; the keys added."""
+    final = run.final
+    new, params = posthoc_upgrade(run, chosen)
+    if representation:
+        new.update(representation_upgrade(run))
     added = [k for k in new if k not in final]
     if not added:
         return []
@@ -91,12 +140,13 @@ def upgrade(run: RunResult, chosen: dict[str, list[str]]) -> list[str]:
     if not backup.exists():  # the run's own numbers, kept once: later upgrades only add keys
         shutil.copyfile(run.dir / "final.json", backup)
     write_json(run.dir / "final.json", {**final, **{k: new[k] for k in added}})
-    old_params = read_json(run.dir / "posthoc.json")
-    write_json(run.dir / "posthoc.json", {**params, **p, **old_params})
+    if params:
+        write_json(run.dir / "posthoc.json", {**params, **read_json(run.dir / "posthoc.json")})
     return added
 
 
-def evaluate(folder: Path, chosen: dict[str, list[str]], out: Any = sys.stdout) -> tuple[int, int]:
+def evaluate(folder: Path, chosen: dict[str, list[str]], out: Any = sys.stdout,
+             representation: bool = False) -> tuple[int, int]:
     """Upgrade every finished run below `folder`; (runs upgraded, runs skipped)."""
     done, skipped = 0, 0
     for run in find_runs(folder):
@@ -108,7 +158,12 @@ def evaluate(folder: Path, chosen: dict[str, list[str]], out: Any = sys.stdout) 
             print(f"skipped {name}: {why}", file=out)
             skipped += 1
         else:
-            added = upgrade(run, chosen)
+            try:
+                added = upgrade(run, chosen, representation)
+            except (ConfigError, FileNotFoundError) as e:  # the data or last.pt of --representation
+                print(f"skipped {name}: {str(e).replace('loss.teacher=', '', 1)}", file=out)  # rebuild's words
+                skipped += 1
+                continue
             print(f"{name}: {len(added)} keys added" if added else f"{name}: up to date", file=out)
             done += 1
     return done, skipped
@@ -121,12 +176,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help=f"metrics.posthoc=[...] (default: all of {', '.join(POSTHOC)}) "
                                                      f"and metrics.scores=[...] (default: all of {', '.join(SCORES)})")
     parser.add_argument("--no-report", action="store_true", help="do not remake the sweep report afterwards")
+    parser.add_argument("--representation", action="store_true",
+                        help="also eval.representation's test/repr/* and held_out/repr/*: rebuilds each model from "
+                             "its last.pt and reloads its data (metrics.posthoc=[] metrics.scores=[] for these alone)")
     args = parser.parse_args(argv)
     if not args.folder.is_dir():
         parser.exit(2, f"ls-bench-eval: error: {args.folder} is not a directory\n")
     try:
         chosen = parse_overrides(args.overrides)
-        done, skipped = evaluate(args.folder, chosen)
+        done, skipped = evaluate(args.folder, chosen, representation=args.representation)
     except (ValueError, json.JSONDecodeError) as e:
         parser.exit(2, f"ls-bench-eval: error: {e}\n")
     except OSError as e:
