@@ -62,7 +62,12 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     name: str = "label_smoothing"  # see ls_bench.losses.LOSSES
-    epsilon: float = 0.0  # smoothing mass; 0 is one-hot cross-entropy
+    # smoothing mass; 0 is one-hot cross-entropy. Or a list of K values, each class's own ε, applied by
+    # the sample's true class (Any: a number or a list; config.validate checks which)
+    epsilon: Any = 0.0
+    epsilon_schedule: Optional[str] = None  # null | mislas: ε per class from its training count (Zhong et al. 2021)
+    epsilon_head: float = 0.3  # mislas: ε of the most frequent class (MiSLAS's CIFAR smooth_head)
+    epsilon_tail: float = 0.0  # mislas: ε of the least frequent class (MiSLAS's smooth_tail)
     allow_negative: bool = False  # epsilon < 0: negative label smoothing (Wei et al., ICML 2022), down to -8
     prior: Any = "uniform"  # uniform | others | class_prior | human (per image, loss.human) | list of K probabilities
     # loss.prior=human reads it (other priors ignore it, so one sweep can compare priors): per-image
@@ -82,6 +87,14 @@ class LossConfig:
     teacher_same_seed: bool = True  # in a sweep folder, pick the teacher with the student's seed
     kd_alpha: float = 1.0  # loss=distill: weight α of the soft (teacher) term; 1 - α goes to the labels
     kd_temperature: float = 4.0  # loss=distill: the temperature T of both softmaxes in the soft term
+
+    def __post_init__(self) -> None:
+        # Numbers in epsilon are floats, as when it was typed float: 0 -> 0.0 in run_info.json, the
+        # report's columns and the same-config check (a list's entries too). Anything else is validate's.
+        def as_float(v: Any) -> Any:
+            return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+        self.epsilon = [as_float(v) for v in self.epsilon] if isinstance(self.epsilon, list) else as_float(self.epsilon)
 
 
 @dataclass
@@ -279,19 +292,40 @@ def validate(cfg: Config) -> None:
 NEGATIVE_EPSILON_MIN = -8.0
 
 
+EPSILON_HELP = "a number in [0, 1) or a list of K numbers in [0, 1), one per class"
+
+
+def epsilon_values(eps: Any) -> list[float] | None:
+    """loss.epsilon as a list of its numbers (one for a scalar, K for a class-wise list); None if it is neither."""
+    if _finite(eps) and not isinstance(eps, bool):
+        return [eps]
+    if isinstance(eps, (list, tuple)) and eps and all(_finite(v) and not isinstance(v, bool) for v in eps):
+        return list(eps)
+    return None
+
+
 def _validate_epsilon(lo: LossConfig) -> None:
-    eps = lo.epsilon
+    eps, values = lo.epsilon, epsilon_values(lo.epsilon)
+    shown = list(eps) if isinstance(eps, (list, tuple)) else eps
+    _check(values is not None, "loss.epsilon", shown, EPSILON_HELP)
     if lo.allow_negative:
         _check(lo.name == "label_smoothing", "loss.allow_negative", lo.allow_negative,
                f"only with loss=label_smoothing (loss={lo.name} has no negative smoothing)")
-        _check(_finite(eps) and NEGATIVE_EPSILON_MIN <= eps < 1, "loss.epsilon", eps,
+        _check(all(NEGATIVE_EPSILON_MIN <= v < 1 for v in values), "loss.epsilon", shown,
                "must be in [-8, 1) with loss.allow_negative=true (Wei et al. 2022 studied smooth rates -8 to 0.8)")
-        return
-    # ε = 1 is the human distribution itself (Peterson et al. 2019); with a fixed prior it would learn nothing.
-    _check(_finite(eps) and (0 <= eps < 1 or (eps == 1 and lo.prior == "human")),
-           "loss.epsilon", eps, "must be in [0, 1] with loss.prior=human" if lo.prior == "human" else
-           "must be in [0, 1)" + (" (below 0 is negative label smoothing: add loss.allow_negative=true)"
-                                  if _finite(eps) and NEGATIVE_EPSILON_MIN <= eps < 0 else ""))
+    elif isinstance(eps, (list, tuple)):
+        _check(all(0 <= v < 1 for v in values), "loss.epsilon", shown, "every class's ε must be in [0, 1) (below 0: "
+               "loss.allow_negative=true)")
+    else:  # ε = 1 is the human distribution itself (Peterson et al. 2019); with a fixed prior it would learn nothing.
+        _check(0 <= eps < 1 or (eps == 1 and lo.prior == "human"),
+               "loss.epsilon", eps, "must be in [0, 1] with loss.prior=human" if lo.prior == "human" else
+               "must be in [0, 1)" + (" (below 0 is negative label smoothing: add loss.allow_negative=true)"
+                                      if NEGATIVE_EPSILON_MIN <= eps < 0 else ""))
+    if lo.epsilon_schedule is not None:  # the name is checked with the loss's (losses.check_loss)
+        _check(values == [0], "loss.epsilon", shown, f"must be 0 with loss.epsilon_schedule={lo.epsilon_schedule}, "
+               f"which sets each class's ε (loss.epsilon_head, loss.epsilon_tail)")
+        for key, v in (("loss.epsilon_head", lo.epsilon_head), ("loss.epsilon_tail", lo.epsilon_tail)):
+            _check(_finite(v) and 0 <= v < 1, key, v, "must be in [0, 1)")
 
 
 def _validate_loss(lo: LossConfig) -> None:

@@ -124,6 +124,14 @@ def log_final_to_tensorboard(logger: RunLogger, cfg: Config, final: dict[str, An
     logger.log_hparams(hparams_of(cfg), [k for k in numbers if k.split("/")[0] in HPARAM_SECTIONS])
 
 
+def epsilon_text(loss: Any) -> str:
+    """ε for a figure's title: a number, a class-wise list (issue 24) or its schedule's name."""
+    if loss.epsilon_schedule is not None:
+        return loss.epsilon_schedule
+    eps = loss.epsilon
+    return "[" + ",".join(f"{v:g}" for v in eps) + "]" if isinstance(eps, (list, tuple)) else f"{eps:g}"
+
+
 def hparams_of(cfg: Config) -> dict[str, Any]:
     """The config keys shown as columns in TensorBoard's HParams tab."""
     return {"loss": cfg.loss.name, "epsilon": cfg.loss.epsilon, "prior": str(cfg.loss.prior), "mix": cfg.mix.name,
@@ -210,7 +218,7 @@ def write_run_figures(run: Run, logits: dict[str, Tensor], labels: dict[str, Ten
         write_figures(logger, run_dir, SplitFigures(logits["test"], labels["test"], cfg.metrics.n_bins, temperature,
                                                     pen,
                                                     run.ds.classes, f"{cfg.model.name}, {cfg.loss.name} "
-                                                                    f"eps={cfg.loss.epsilon:g}", scores))
+                                                                    f"eps={epsilon_text(cfg.loss)}", scores))
     except Exception as e:  # a plotting failure must not lose the run's metrics
         log.warning("calibration figures failed (%s: %s); metrics are unaffected", type(e).__name__, e)
     log.info("calibration figures: %.2f s (%.2f s CPU)", time.perf_counter() - t_fig, time.process_time() - cpu_fig)

@@ -296,7 +296,8 @@ def teacher_record(run_dir: Path, info: dict[str, Any]) -> tuple[dict[str, Any],
     config, final = recorded_config(run_dir, info), read_json(run_dir / "final.json")
     info = {"dir": str(run_dir.resolve()), "loss": config.get("loss.name"), "epsilon": config.get("loss.epsilon"),
             "model": config.get("model.name"), "seed": config.get("seed"), "mix": config.get("mix.name", "none")}
-    numbers = {"teacher/epsilon": float(config.get("loss.epsilon", 0.0))}
+    eps = config.get("loss.epsilon", 0.0)  # a class-wise list (issue 24): its mean, a number for final.json
+    numbers = {"teacher/epsilon": float(sum(eps) / len(eps) if isinstance(eps, list) else eps)}
     for key in ("test/acc", "test/nll", "test/ece", "test_ts/ece", "temperature"):
         if isinstance(final.get(key), (int, float)):
             numbers[f"teacher/{key.replace('/', '_')}"] = float(final[key])

@@ -76,7 +76,8 @@ CONFIG_CASES: list[Case] = [
     # Hydra's composition errors: misspelt keys and groups, wrong types, unknown options.
     ("misspelt_key", "hydra", ["loss.epsilonn=0.1"], ["loss.epsilonn"]),
     ("misspelt_group", "hydra", ["los.epsilon=0.1"], ["los"]),
-    ("wrong_type_float", "hydra", ["loss.epsilon=abc"], ["loss.epsilon", "abc", "Float"]),
+    ("wrong_type_float", "hydra", ["loss.gamma=abc"], ["loss.gamma", "abc", "Float"]),
+    ("epsilon_not_a_number", "line", ["loss.epsilon=abc"], ["loss.epsilon='abc'", "a list of K numbers"]),
     ("wrong_type_int", "hydra", ["trainer.epochs=1.5"], ["trainer.epochs", "1.5", "Integer"]),
     ("wrong_type_bool", "hydra", ["trainer.checkpoint=maybe"], ["trainer.checkpoint", "maybe"]),
     ("unknown_loss", "hydra", ["loss=label_smothing"], ["loss/label_smothing", "label_smoothing"]),

@@ -56,6 +56,9 @@ def test_misspelt_key_fails_at_composition() -> None:
 
 def test_wrong_type_fails_at_composition() -> None:
     with pytest.raises(ConfigCompositionException):
+        make_config("loss.gamma=abc")
+    # loss.epsilon is a number or a class-wise list (schema type Any): its check names it in one line
+    with pytest.raises(ConfigError, match=r"^loss\.epsilon='abc' is invalid: a number in \[0, 1\) or a list of K"):
         make_config("loss.epsilon=abc")
 
 

@@ -503,3 +503,70 @@ def test_label_relaxation_bad_values_are_one_line(kw, key) -> None:
     with pytest.raises(ConfigError, match="^" + key.replace(".", r"\.") + "=") as e:
         check_loss(LossConfig(**kw))
     assert "\n" not in str(e.value)
+
+
+# --- issue 24: class-wise ε and MiSLAS's label-aware smoothing (Zhong et al., CVPR 2021) -------------
+
+
+def mislas_reference(cls_num_list: list[int], smooth_head: float, smooth_tail: float) -> np.ndarray:
+    """The authors' LabelAwareSmoothing.__init__, shape='concave' (dvlab-research/MiSLAS), written out."""
+    n_1, n_K = max(cls_num_list), min(cls_num_list)
+    shape = np.sin((np.array(cls_num_list) - n_K) * np.pi / (2 * (n_1 - n_K)))
+    return smooth_tail + (smooth_head - smooth_tail) * shape
+
+
+def test_class_wise_epsilon_smooths_each_sample_by_its_true_class() -> None:
+    # logits [0, ln 3] -> q = [1/4, 3/4]; ε = [0.2, 0.4]: label 1 gets target [0.2, 0.8], label 0 [0.9, 0.1]
+    z = torch.tensor([[0.0, math.log(3)], [0.0, math.log(3)]])
+    c = make_criterion(LossConfig(epsilon=[0.2, 0.4]), 2, torch.ones(2))
+    assert torch.allclose(c.expected_target(torch.tensor([1, 0])), torch.tensor([[0.2, 0.8], [0.9, 0.1]]))
+    hand = (-(0.2 * math.log(0.25) + 0.8 * math.log(0.75)) - (0.9 * math.log(0.25) + 0.1 * math.log(0.75))) / 2
+    assert c(z, torch.tensor([1, 0])).item() == pytest.approx(hand, rel=1e-6)
+    same = make_criterion(LossConfig(epsilon=[0.1] * 5), K, COUNTS)  # K equal values: the scalar ε
+    g = torch.Generator().manual_seed(5)
+    zb, yb = torch.randn(16, K, generator=g), torch.randint(0, K, (16,), generator=g)
+    assert same(zb, yb).item() == pytest.approx(crit(epsilon=0.1)(zb, yb).item(), rel=1e-6)
+
+
+def test_mislas_epsilon_and_loss_follow_the_authors_code() -> None:
+    counts = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]  # CIFAR-10-LT at ρ = 100
+    c = make_criterion(LossConfig(epsilon_schedule="mislas", epsilon_head=0.3, epsilon_tail=0.0), 10,
+                       torch.tensor(counts))
+    ref = mislas_reference(counts, 0.3, 0.0)
+    assert c.epsilon.tolist() == pytest.approx(ref.tolist(), abs=1e-6)
+    assert c.epsilon[0].item() == pytest.approx(0.3) and c.epsilon[-1].item() == 0  # head 0.3, tail 0
+    # by hand for three classes: sin(π/2 · 40/90) · 0.3
+    hand = make_criterion(LossConfig(epsilon_schedule="mislas"), 3, torch.tensor([100, 50, 10])).epsilon
+    assert hand.tolist() == pytest.approx([0.3, 0.3 * math.sin(math.pi / 2 * 40 / 90), 0.0], abs=1e-6)
+    # their forward: (1-ε_y)·NLL + ε_y·mean_k(-log q_k), averaged over the batch
+    g = torch.Generator().manual_seed(4)
+    z, y = torch.randn(32, 10, generator=g) * 2, torch.randint(0, 10, (32,), generator=g)
+    eps = torch.tensor(ref, dtype=torch.float32)[y]
+    logq = F.log_softmax(z, 1)
+    theirs = ((1 - eps) * -logq.gather(1, y.unsqueeze(1)).squeeze(1) + eps * -logq.mean(1)).mean()
+    assert c(z, y).item() == pytest.approx(theirs.item(), rel=1e-5)
+    flat = make_criterion(LossConfig(epsilon_schedule="mislas", epsilon_head=0.2), 4, torch.tensor([7, 7, 7, 7]))
+    assert flat.epsilon.tolist() == pytest.approx([0.2] * 4)  # no tail: every class is a head class
+
+
+def test_class_wise_list_of_the_wrong_length_names_k() -> None:
+    with pytest.raises(ConfigError, match=r"^loss\.epsilon=\[0\.1, 0\.2\] is invalid: a list of K=5 values") as e:
+        crit(epsilon=[0.1, 0.2])
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"^loss\.epsilon_schedule='sine' is invalid"):
+        check_loss(LossConfig(epsilon_schedule="sine"))
+
+
+@pytest.mark.slow  # a two-job CLI sweep with its report: ~25 s
+def test_a_class_wise_list_composes_and_sweeps_with_readable_folders(tmp_path) -> None:
+    from conftest import TINY, make_config, run_cli
+
+    eps = "[0.05,0.1,0.1,0.1,0.1,0.1,0.1,0.1,0.1,0.2]"
+    assert make_config(f"loss.epsilon={eps}").loss.epsilon[-1] == 0.2
+    r = run_cli("-m", f"loss.epsilon={eps},0.1", *TINY, "data.train_size=192", "metrics.figures=false",
+                f"hydra.sweep.dir={tmp_path}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rest = "trainer.batch_size=64,trainer.epochs=1"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [
+        f"data.train_size=192,loss.epsilon=0.1,{rest}", f"data.train_size=192,loss.epsilon={eps},{rest}"]
+    assert (tmp_path / "summary.md").exists()  # the sweep's report reads a list-valued ε too

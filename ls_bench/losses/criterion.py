@@ -12,6 +12,7 @@ from torch import Tensor
 
 from ls_bench.config import LossConfig
 from ls_bench.errors import ConfigError, invalid
+from ls_bench.losses.classwise import SCHEDULES, class_epsilon
 from ls_bench.losses.online import OnlineSmoothed
 from ls_bench.losses.relaxation import LabelRelaxation
 from ls_bench.losses.targets import (
@@ -70,7 +71,9 @@ def check_loss(cfg: LossConfig) -> None:
 
 
 def _check_variants(cfg: LossConfig) -> None:
-    """The keys of issue 24's variants: FLSD-53's schedule, label relaxation's α, online LS's α."""
+    """The keys of issue 24's variants: FLSD-53's schedule, label relaxation's α, online LS's α, ε's schedule."""
+    if cfg.epsilon_schedule is not None and cfg.epsilon_schedule not in SCHEDULES:
+        raise invalid("loss.epsilon_schedule", cfg.epsilon_schedule, "null (loss.epsilon as given) or mislas")
     if cfg.name == "online_ls" and not (isinstance(cfg.ols_alpha, (int, float)) and 0 <= cfg.ols_alpha <= 1):
         raise invalid("loss.ols_alpha", cfg.ols_alpha, "must be in [0, 1] (the weight of the one-hot term)")
     if cfg.gamma_schedule is not None:
@@ -81,8 +84,10 @@ def _check_variants(cfg: LossConfig) -> None:
     if cfg.name == "label_relaxation":
         if not (isinstance(cfg.relax_alpha, (int, float)) and 0 <= cfg.relax_alpha < 1):
             raise invalid("loss.relax_alpha", cfg.relax_alpha, "must be in [0, 1) (0 is cross-entropy)")
-        if cfg.epsilon != 0:
-            raise invalid("loss.epsilon", cfg.epsilon, "must be 0 with loss=label_relaxation, which builds its own "
+        if cfg.epsilon != 0 or cfg.epsilon_schedule is not None:
+            key, value = ("loss.epsilon_schedule", cfg.epsilon_schedule) if cfg.epsilon == 0 else ("loss.epsilon",
+                                                                                                   cfg.epsilon)
+            raise invalid(key, value, "must be 0 with loss=label_relaxation, which builds its own "
                                                        "target from the prediction (loss.relax_alpha sets its slack)")
 
 
@@ -126,7 +131,7 @@ class Criterion:
         return 1 if self.binary else self.num_classes
 
     @property
-    def epsilon(self) -> float:
+    def epsilon(self) -> float | Tensor:
         return self.target.epsilon
 
     def expected_target(self, labels: Tensor) -> Tensor:
@@ -219,17 +224,19 @@ def loss_terms(cfg: LossConfig) -> dict[str, Any]:
 
 
 def make_target(cfg: LossConfig, num_classes: int, class_counts: Tensor, human: Tensor | None) -> Smoothed:
-    """The target builder: smoothing (any prior), flipping, online LS."""
+    """The target builder: smoothing (any prior, a class-wise ε), flipping, online LS."""
     per_image = None
     if cfg.prior == "human":
         if human is None or human.shape[1] != num_classes:
             raise invalid("loss.prior", cfg.prior, "the training images have no human label distribution (loss.human)")
         per_image = human.float()
     prior = per_image.mean(0) if per_image is not None else prior_vector(cfg.prior, num_classes, class_counts)
+    eps = class_epsilon(cfg.epsilon, cfg.epsilon_schedule, float(cfg.epsilon_head), float(cfg.epsilon_tail),
+                        num_classes, class_counts)
     if cfg.name == "online_ls":
-        return OnlineSmoothed.start(num_classes, float(cfg.epsilon), prior, float(cfg.ols_alpha))
+        return OnlineSmoothed.start(num_classes, eps, prior, float(cfg.ols_alpha))
     builder = Flipped if cfg.name == "label_flip" else Smoothed
-    return builder(num_classes, float(cfg.epsilon), prior, per_image)
+    return builder(num_classes, eps, prior, per_image)
 
 
 def make_criterion(cfg: LossConfig, num_classes: int, class_counts: Tensor, mixer: "Mixer | None" = None,

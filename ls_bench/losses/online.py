@@ -42,7 +42,7 @@ class OnlineSmoothed(Smoothed):
     counts: Tensor | None = None  # their number per class, [K]
 
     @classmethod
-    def start(cls, num_classes: int, epsilon: float, prior: Tensor | None, alpha: float) -> "OnlineSmoothed":
+    def start(cls, num_classes: int, epsilon: float | Tensor, prior: Tensor | None, alpha: float) -> "OnlineSmoothed":
         """S_0 = label smoothing's target of each class (ε, prior), empty accumulators."""
         s0 = smooth_targets(torch.arange(num_classes), num_classes, epsilon, prior)
         return cls(num_classes, epsilon, prior, None, alpha, s0, torch.zeros_like(s0), torch.zeros(num_classes))
@@ -85,5 +85,5 @@ class OnlineSmoothed(Smoothed):
         return {"train/ols_matrix": self.matrix.detach().cpu().repeat_interleave(cell, 0).repeat_interleave(cell, 1)}
 
     def to(self, device: torch.device) -> "OnlineSmoothed":
-        return replace(self, prior=None if self.prior is None else self.prior.to(device), matrix=self.matrix.to(device),
-                       sums=self.sums.to(device), counts=self.counts.to(device))
+        return replace(super().to(device), matrix=self.matrix.to(device), sums=self.sums.to(device),
+                       counts=self.counts.to(device))

@@ -77,8 +77,15 @@ def class_weight_vector(weights: Any, num_classes: int, class_counts: Tensor) ->
     return w.float()
 
 
-def smooth_targets(labels: Tensor, num_classes: int, epsilon: float, prior: Tensor | None) -> Tensor:
-    """p' = (1-ε)·onehot(y) + ε·u, [B, K]; prior None means `others`: u = (1-onehot)/(K-1)."""
+def sample_epsilon(epsilon: float | Tensor, labels: Tensor) -> float | Tensor:
+    """ε as a number, or each sample's ε_{y_i} as a [B, 1] column when ε is class-wise ([K])."""
+    return epsilon[labels].unsqueeze(1) if isinstance(epsilon, Tensor) else epsilon
+
+
+def smooth_targets(labels: Tensor, num_classes: int, epsilon: float | Tensor, prior: Tensor | None) -> Tensor:
+    """p' = (1-ε)·onehot(y) + ε·u, [B, K]; prior None means `others`: u = (1-onehot)/(K-1); a [K]
+    ε is class-wise, each sample smoothed by the ε of its true class."""
+    epsilon = sample_epsilon(epsilon, labels)
     onehot = F.one_hot(labels, num_classes).float()
     u = (1 - onehot) / (num_classes - 1) if prior is None else prior.expand_as(onehot)
     return (1 - epsilon) * onehot + epsilon * u
@@ -108,7 +115,7 @@ class Smoothed:
     """Label smoothing: p' = (1-ε)·onehot(y) + ε·u (ε = 0: one-hot)."""
 
     num_classes: int
-    epsilon: float
+    epsilon: float | Tensor  # a [K] tensor: class-wise ε (ls_bench.losses.classwise)
     prior: Tensor | None  # [K] on the run's device; None is the `others` prior
     # loss.prior=human: each training image's own u, [N_train, K], by position in the training split
     # (the batches' idx); `prior` is then its mean, the u of a target asked for without positions.
@@ -145,7 +152,8 @@ class Smoothed:
 
     def to(self, device: torch.device) -> "Smoothed":
         return replace(self, prior=None if self.prior is None else self.prior.to(device),
-                       per_image=None if self.per_image is None else self.per_image.to(device))
+                       per_image=None if self.per_image is None else self.per_image.to(device),
+                       epsilon=self.epsilon.to(device) if isinstance(self.epsilon, Tensor) else self.epsilon)
 
 
 @dataclass(frozen=True)
@@ -155,7 +163,8 @@ class Flipped(Smoothed):
 
     def flip(self, labels: Tensor, g: torch.Generator, idx: Tensor | None = None) -> Tensor:
         # Both draws are made whatever ε is, so one seed gives nested flips across ε (paired runs).
-        mask = torch.rand(labels.shape, generator=g, device=g.device).to(labels.device) < self.epsilon
+        eps = self.epsilon[labels] if isinstance(self.epsilon, Tensor) else self.epsilon  # class-wise: ε_{y_i}
+        mask = torch.rand(labels.shape, generator=g, device=g.device).to(labels.device) < eps
         return torch.where(mask, sample_prior(labels, self.num_classes, self.prior_of(idx), g), labels)
 
     def __call__(self, x: Tensor, labels: Tensor, g: torch.Generator | None,

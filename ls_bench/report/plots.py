@@ -14,6 +14,18 @@ PLOT_METRICS = ("test/acc", "test/nll", "test/ece", "test_ts/ece")  # metrics_vs
 CURVES = ("train/loss", "train/acc", "val/acc")  # per-epoch keys of metrics.jsonl for training_curves.png
 
 
+
+def _eps_label(value: Any) -> str:
+    return f"{float(value):g}" if _is_number(value) else str(value)
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):  # a class-wise ε list (issue 24)
+        return False
+    return True
+
 def _other_label(labels: dict[str, Any]) -> str:
     return ", ".join(f"{k}={value_label(v)}" for k, v in labels.items() if k != EPSILON_KEY)
 
@@ -31,7 +43,8 @@ def plot_metrics(groups: Sequence[Group], metrics: Sequence[str], path: Path, al
         lines.setdefault(_other_label(g.labels), []).append(g)
     for ax, m in zip(axes, metrics):
         for label, gs in lines.items():
-            pts = [(float(g.labels[EPSILON_KEY]), g.stats[m]) for g in gs if g.stats[m].mean is not None]
+            pts = [(float(g.labels[EPSILON_KEY]), g.stats[m]) for g in gs
+                   if g.stats[m].mean is not None and _is_number(g.labels[EPSILON_KEY])]  # a class-wise list: no x
             if pts:
                 ax.errorbar([x for x, _ in pts], [s.mean for _, s in pts], yerr=[s.ci or 0.0 for _, s in pts],
                             marker="o", capsize=3, label=label or None)
@@ -67,7 +80,7 @@ def plot_reliability(groups: Sequence[Group], path: Path) -> bool:
 
     rows: dict[str, dict[float, Group]] = {}
     for g in groups:
-        if g.done:
+        if g.done and _is_number(g.labels[EPSILON_KEY]):  # a class-wise ε list has no column
             rows.setdefault(_other_label(g.labels), {})[float(g.labels[EPSILON_KEY])] = g
     eps = sorted({e for r in rows.values() for e in r})
     if not eps:
@@ -127,7 +140,7 @@ def plot_curves(groups: Sequence[Group], path: Path, keys: Sequence[str] = CURVE
             ax = axes[i][j]
             for g, by_key in curves:
                 if key in by_key:
-                    ax.plot(*by_key[key], label=f"ε={float(g.labels[EPSILON_KEY]):g}")
+                    ax.plot(*by_key[key], label=f"ε={_eps_label(g.labels[EPSILON_KEY])}")
             if key.endswith("loss"):
                 ax.set_yscale("log")
             ax.set(xlabel="epoch", title=f"{key}\n{label}" if label else key)
