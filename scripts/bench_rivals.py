@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""What LS's rivals add to a training step, measured side by side in one process.
+"""What LS's rivals and its later variants add to a training step, measured side by side in one process.
 
-    python scripts/bench_rivals.py              # ~3-6 min on 2 CPU cores
+    python scripts/bench_rivals.py              # ~8-15 min on 2 CPU cores
     python scripts/bench_rivals.py --rounds 3 --steps 5 --model small_cnn
 
 For each variant, ls-bench's own setup() builds the run (the real Criterion, mixer and teacher),
@@ -12,7 +12,9 @@ them; the first round warms up and is dropped. Printed: the median ms per step o
 and its ratio to plain label smoothing (ε = 0.1). The distillation teacher is a ResNet-20 run made
 here first (one short epoch: its accuracy does not matter for timing); with augmentation it runs
 one inference forward per step, without augmentation (`distill cached`) its training-split logits
-are computed once at set-up.
+are computed once at set-up. Issue 24's label-smoothing variants run beside them: negative LS
+(ε = -0.2), FLSD-53, label relaxation, online LS (its per-step bookkeeping of S included) and
+class-wise ε (a list; MiSLAS's schedule), all augmented, each against LS ε = 0.1.
 """
 
 from __future__ import annotations
@@ -39,7 +41,19 @@ def variants(teacher: Path) -> dict[str, list[str]]:
         "distill (teacher per step)": ["loss=distill", f"loss.teacher={teacher}", "data.augment=true"],
         "distill cached, no augment": ["loss=distill", f"loss.teacher={teacher}", "data.augment=false"],
         "label smoothing, no augment": ["loss.epsilon=0.1", "data.augment=false"],
+        **LS_VARIANTS,
     }
+
+
+CLASS_WISE = "[0.05,0.1,0.1,0.1,0.1,0.1,0.1,0.1,0.1,0.2]"
+LS_VARIANTS = {  # issue 24: the later forms of label smoothing
+    "negative LS (eps -0.2)": ["loss.epsilon=-0.2", "loss.allow_negative=true", "data.augment=true"],
+    "FLSD-53": ["loss=focal", "loss.gamma_schedule=flsd53", "data.augment=true"],
+    "label relaxation": ["loss=label_relaxation", "data.augment=true"],
+    "online LS": ["loss=online_ls", "data.augment=true"],
+    "class-wise eps (list)": [f"loss.epsilon={CLASS_WISE}", "data.augment=true"],
+    "class-wise eps (mislas)": ["loss.epsilon_schedule=mislas", "data.augment=true"],
+}
 
 
 def step_times(runs: dict, bs: int, steps: int, rounds: int) -> dict[str, list[float]]:

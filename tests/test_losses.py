@@ -498,7 +498,9 @@ def test_label_relaxation_has_no_nan_gradient_when_saturated() -> None:
 
 
 @pytest.mark.parametrize("kw,key", [({"name": "label_relaxation", "relax_alpha": 1.0}, "loss.relax_alpha"),
-                                    ({"name": "label_relaxation", "epsilon": 0.1}, "loss.epsilon")])
+                                    ({"name": "label_relaxation", "epsilon": 0.1}, "loss.epsilon"),
+                                    ({"name": "label_relaxation", "epsilon_schedule": "mislas"},
+                                     "loss.epsilon_schedule")])
 def test_label_relaxation_bad_values_are_one_line(kw, key) -> None:
     with pytest.raises(ConfigError, match="^" + key.replace(".", r"\.") + "=") as e:
         check_loss(LossConfig(**kw))

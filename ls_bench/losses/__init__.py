@@ -29,10 +29,16 @@ weighted per class k of the target, and the batch mean divides by Σ_i w_{y_i}:
 does, is a bug: it is not PyTorch's loss and it changes the balance of the two terms.)
 
 The package, one idea per file: targets.py (priors and target builders), terms.py (the soft
-cross-entropy and the logit terms), criterion.py (the configured loss and make_criterion).
+cross-entropy, the logit terms, FLSD-53's γ), classwise.py (a class-wise ε, MiSLAS's schedule),
+relaxation.py (label relaxation), online.py (online label smoothing and its run state S),
+criterion.py (the configured loss and make_criterion). Negative label smoothing is ε < 0 in the
+same target (config.validate holds its range).
 """
 
+from ls_bench.losses.classwise import class_epsilon, mislas_epsilon
 from ls_bench.losses.criterion import LOSSES, PRIORS, Batch, Criterion, check_loss, logit_terms, make_criterion
+from ls_bench.losses.online import OnlineSmoothed
+from ls_bench.losses.relaxation import LabelRelaxation
 from ls_bench.losses.targets import (
     PRIOR_HELP,
     WEIGHTS_HELP,
@@ -50,6 +56,7 @@ from ls_bench.losses.terms import (
     LogitNorm,
     MarginPenalty,
     batch_mean,
+    flsd53_gamma,
     kd_per_sample,
     soft_ce_per_sample,
 )
@@ -57,4 +64,5 @@ from ls_bench.losses.terms import (
 __all__ = ["LOSSES", "PRIORS", "PRIOR_HELP", "WEIGHTS_HELP", "Batch", "ConfidencePenalty", "Criterion", "Distillation",
            "Flipped", "LogitNorm", "MarginPenalty", "Smoothed", "as_multiclass", "batch_mean", "check_loss",
            "class_weight_vector", "kd_per_sample", "logit_terms", "make_criterion", "prior_vector", "sample_prior",
-           "smooth_targets", "soft_ce_per_sample"]
+           "smooth_targets", "soft_ce_per_sample", "class_epsilon", "mislas_epsilon", "OnlineSmoothed",
+           "LabelRelaxation", "flsd53_gamma"]

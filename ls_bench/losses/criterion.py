@@ -84,11 +84,11 @@ def _check_variants(cfg: LossConfig) -> None:
     if cfg.name == "label_relaxation":
         if not (isinstance(cfg.relax_alpha, (int, float)) and 0 <= cfg.relax_alpha < 1):
             raise invalid("loss.relax_alpha", cfg.relax_alpha, "must be in [0, 1) (0 is cross-entropy)")
-        if cfg.epsilon != 0 or cfg.epsilon_schedule is not None:
-            key, value = ("loss.epsilon_schedule", cfg.epsilon_schedule) if cfg.epsilon == 0 else ("loss.epsilon",
-                                                                                                   cfg.epsilon)
-            raise invalid(key, value, "must be 0 with loss=label_relaxation, which builds its own "
-                                                       "target from the prediction (loss.relax_alpha sets its slack)")
+        why = "with loss=label_relaxation, which builds its own target from the prediction (loss.relax_alpha)"
+        if cfg.epsilon != 0:
+            raise invalid("loss.epsilon", cfg.epsilon, f"must be 0 {why}")
+        if cfg.epsilon_schedule is not None:
+            raise invalid("loss.epsilon_schedule", cfg.epsilon_schedule, f"must be null {why}")
 
 
 class Batch(NamedTuple):
