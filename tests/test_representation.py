@@ -145,6 +145,7 @@ def test_tight_equidistant_clusters_score_as_mueller_draws_them() -> None:
     assert class_separation(loose, y2) < class_separation(tight, y2)
 
 
+@pytest.mark.slow  # two CLI runs: ~35 s on the 2-core machine
 def test_a_digits_run_writes_the_representation_metrics(tmp_path) -> None:
     """From the CLI: test/repr/* in final.json, in the last metrics.jsonl record, logit_spread equal
     to the saved test logits'; no held_out/ keys when every class is kept; with data.classes
