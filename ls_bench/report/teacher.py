@@ -54,9 +54,17 @@ def teacher_warnings(runs: Sequence[RunResult], baseline: Baseline = Baseline())
                "its own distilled students (this sweep has no run of the same recipe without a teacher)")
         warning = weaker_teacher(_mean(g.runs, "teacher/test_acc"), _mean(alone or g.runs, "test/acc"), who)
         if warning:
-            label = ", ".join(f"{k}={value_label(v)}" for k, v in g.labels.items())
-            lines.append(f"warning: {label}: {warning}")
+            lines.append(f"warning: {setting_label(g.labels, g.runs[0].config)}: {warning}")
     return lines
+
+
+def setting_label(labels: dict[str, Any], config: dict[str, Any]) -> str:
+    """The group's varying keys, then the distillation keys that name its teacher and how it is
+    distilled (teacher_select's keys, else loss.teacher; kd_alpha, kd_temperature)."""
+    select = {k: v for k, v in config.items() if k.startswith("loss.teacher_select.")}
+    named = {**labels, **(select or {"loss.teacher": config.get("loss.teacher")}),
+             **{k: config.get(k) for k in ("loss.kd_alpha", "loss.kd_temperature")}}
+    return ", ".join(f"{k}={value_label(v)}" for k, v in named.items())
 
 
 def teacher_section(runs: Sequence[RunResult], baseline: Baseline = Baseline()) -> tuple[list[str], list[str]]:
