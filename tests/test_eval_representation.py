@@ -14,7 +14,8 @@ from conftest import TINY, make_config
 from ls_bench.report.eval import evaluate, parse_overrides
 from ls_bench.train import fit
 
-FAST = [*TINY, "trainer.epochs=2", "metrics.figures=false", "eval.bootstrap=0", "data.classes=[0,1,2,3,4,5]"]
+FAST = [*TINY, "trainer.epochs=2", "data.train_size=256", "metrics.figures=false", "eval.bootstrap=0",
+        "data.classes=[0,1,2,3,4,5]"]
 
 
 def test_eval_adds_the_representation_metrics_a_run_would_have_computed(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from ls_bench.run import setup
 from ls_bench.teacher import checked_teacher, weaker_teacher
 from ls_bench.train import fit
 
-FAST = [*TINY, "metrics.figures=false", "eval.bootstrap=0"]
+FAST = [*TINY, "data.train_size=256", "metrics.figures=false", "eval.bootstrap=0"]  # seconds per run
 
 
 @pytest.fixture(scope="module")
