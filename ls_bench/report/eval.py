@@ -179,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--representation", action="store_true",
                         help="also eval.representation's test/repr/* and held_out/repr/*: rebuilds each model from "
                              "its last.pt and reloads its data (metrics.posthoc=[] metrics.scores=[] for these alone)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # flags before or after the overrides
     if not args.folder.is_dir():
         parser.exit(2, f"ls-bench-eval: error: {args.folder} is not a directory\n")
     try:
