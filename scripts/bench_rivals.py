@@ -15,6 +15,15 @@ one inference forward per step, without augmentation (`distill cached`) its trai
 are computed once at set-up. Issue 24's label-smoothing variants run beside them: negative LS
 (ε = -0.2), FLSD-53, label relaxation, online LS (its per-step bookkeeping of S included) and
 class-wise ε (a list; MiSLAS's schedule), all augmented, each against LS ε = 0.1.
+
+    python scripts/bench_rivals.py --ls-only    # LS and its variants only (no teacher, no rivals)
+    python scripts/bench_rivals.py --loss-only  # the loss alone: what a variant adds to a step, in µs
+
+--loss-only times what differs between the variants and nothing else: the criterion's targets, its
+loss and the backward pass to the logits (batch 128, K = 10, fp32 logits, one thread), 50 calls
+per window, the variants taking turns over 31 rounds, medians. On a
+machine shared with other jobs the whole-step timings swing by tens of percent; these do not
+depend on the model.
 """
 
 from __future__ import annotations
@@ -56,6 +65,31 @@ LS_VARIANTS = {  # issue 24: the later forms of label smoothing
 }
 
 
+def loss_times(overrides: dict[str, list[str]], rounds: int = 31, calls: int = 50) -> dict[str, list[float]]:
+    """µs per call of targets + loss + backward to the logits, per variant, the variants taking turns;
+    one thread (the tensors are tiny)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from ls_bench.cli import compose_config
+    from ls_bench.losses import make_criterion
+
+    counts = torch.tensor([5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50])  # CIFAR-10-LT, ρ = 100
+    crits = {name: make_criterion(compose_config(o).loss, 10, counts) for name, o in overrides.items()}
+    g = torch.Generator().manual_seed(0)
+    z0, y = torch.randn(128, 10, generator=g) * 3, torch.randint(0, 10, (128,), generator=g)
+    times: dict[str, list[float]] = {name: [] for name in crits}
+    for r in range(rounds):
+        for name, c in crits.items():
+            t = time.perf_counter()
+            for _ in range(calls):
+                z = z0.clone().requires_grad_(True)
+                c.loss(z, c.targets(z, y, g)).backward()
+            if r:
+                times[name].append((time.perf_counter() - t) / calls * 1e6)
+    return times
+
+
 def step_times(runs: dict, bs: int, steps: int, rounds: int) -> dict[str, list[float]]:
     """ms per training step of each run, the runs taking turns one window each per round (first dropped)."""
     import torch
@@ -76,13 +110,14 @@ def step_times(runs: dict, bs: int, steps: int, rounds: int) -> dict[str, list[f
     return times
 
 
-def print_times(times: dict[str, list[float]]) -> None:
-    base = statistics.median(times["label smoothing 0.1"])
-    base_plain = statistics.median(times["label smoothing, no augment"])
-    print(f"\n{'variant':30s} {'ms/step':>8s} {'vs LS':>8s}")
+def print_times(times: dict[str, list[float]], unit: str = "ms/step") -> None:
+    stat = statistics.median
+    base = stat(times["label smoothing 0.1"])
+    base_plain = stat(times.get("label smoothing, no augment", [base]))
+    print(f"\n{'variant':30s} {unit:>8s} {'vs LS':>8s}")
     for name, ts in times.items():
         ref = base_plain if "no augment" in name else base
-        print(f"{name:30s} {statistics.median(ts):8.1f} {statistics.median(ts) / ref:8.3f}"
+        print(f"{name:30s} {stat(ts):8.1f} {stat(ts) / ref:8.3f}"
               f"{'   (vs LS, no augment)' if 'no augment' in name and name != 'label smoothing, no augment' else ''}")
     sys.stdout.flush()
 
@@ -93,7 +128,16 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8, help="training steps per window")
     p.add_argument("--rounds", type=int, default=5, help="windows per variant (the first is dropped)")
     p.add_argument("--root", default=str(SHARED))
+    p.add_argument("--ls-only", action="store_true", help="LS and its issue-24 variants only (no teacher, no rivals)")
+    p.add_argument("--loss-only", action="store_true", help="time the loss alone (targets, loss, backward), in µs")
     args = p.parse_args()
+    if args.loss_only:
+        from ls_bench.machine import cpu_features
+
+        print(f"CPU: {cpu_features()}; the loss alone, batch 128, K = 10", flush=True)
+        times = loss_times({"label smoothing 0.1": ["loss.epsilon=0.1"], **LS_VARIANTS})
+        print_times(times, unit="µs/call")
+        return
 
     import torch
 
@@ -113,10 +157,13 @@ def main() -> None:
           f"{args.model}, batch {bs}, {args.steps} steps x {args.rounds} rounds", flush=True)
     teacher = tmp / "teacher"
     t0 = time.perf_counter()
-    fit(compose_config([*data, "model=resnet20", "trainer.progress=false", "trainer.epochs=1", "metrics.figures=false",
-                        "eval.bootstrap=0", f"trainer.batch_size={bs}"]), teacher)
-    print(f"teacher (resnet20, 1 epoch on {n} images): {time.perf_counter() - t0:.0f} s", flush=True)
-    runs = {name: setup(compose_config([*common, *o])) for name, o in variants(teacher).items()}
+    if not args.ls_only:
+        fit(compose_config([*data, "model=resnet20", "trainer.progress=false", "trainer.epochs=1",
+                            "metrics.figures=false", "eval.bootstrap=0", f"trainer.batch_size={bs}"]), teacher)
+        print(f"teacher (resnet20, 1 epoch on {n} images): {time.perf_counter() - t0:.0f} s", flush=True)
+    chosen = {"label smoothing 0.1": variants(teacher)["label smoothing 0.1"], **LS_VARIANTS} if args.ls_only \
+        else variants(teacher)
+    runs = {name: setup(compose_config([*common, *o])) for name, o in chosen.items()}
     print_times(step_times(runs, bs, args.steps, args.rounds))
     shutil.rmtree(tmp, ignore_errors=True)
 
