@@ -131,6 +131,8 @@ def build_run_info(run: Run, config: dict[str, Any]) -> dict[str, Any]:
                         "rate_realised": len(ds.noisy_idx) / len(ds.train), **ds.noise_info},
         "normalization": {"mean": list(ds.mean), "std": list(ds.std)},
         **({"teacher": teacher.info} if (teacher := run.criterion.teacher) is not None else {}),
+        # a class-wise ε (a list, or MiSLAS's schedule from the class counts): each class's, as trained
+        **({"class_epsilon": eps.tolist()} if isinstance(eps := run.criterion.epsilon, Tensor) else {}),
     }
 
 

@@ -3,6 +3,7 @@ closed forms, and a Monte-Carlo check that label flipping is label smoothing in 
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -572,3 +573,5 @@ def test_a_class_wise_list_composes_and_sweeps_with_readable_folders(tmp_path) -
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [
         f"data.train_size=192,loss.epsilon=0.1,{rest}", f"data.train_size=192,loss.epsilon={eps},{rest}"]
     assert (tmp_path / "summary.md").exists()  # the sweep's report reads a list-valued ε too
+    info = json.loads((tmp_path / f"data.train_size=192,loss.epsilon={eps},{rest}" / "run_info.json").read_text())
+    assert info["class_epsilon"] == pytest.approx([0.05] + [0.1] * 8 + [0.2])  # recorded as trained
