@@ -40,9 +40,20 @@ def run(tmp_path: Path, caplog: pytest.LogCaptureFixture, *overrides: str) -> tu
     (["loss=label_flip", "loss.epsilon=0.2", "loss.prior=others"], [0.8] + [0.0222] * 9),
     (["loss=focal", "loss.gamma=1.5", "loss.epsilon=0.1"], [0.91] + [0.01] * 9),
     (["loss=confidence_penalty", "loss.beta=0.2"], [1.0] + [0.0] * 9),
-], ids=["uniform", "others+balanced", "list+weights", "label_flip", "focal", "confidence_penalty"])
+    # issue 24's variants, as a user types them
+    (["loss.allow_negative=true", "loss.epsilon=-0.2"], [1.18] + [-0.02] * 9),
+    (["loss=focal", "loss.gamma_schedule=flsd53"], [1.0] + [0.0] * 9),
+    (["loss=label_relaxation"], [1.0] + [0.0] * 9),  # its target set is built from the prediction at each step
+    (["loss=online_ls", "loss.epsilon=0.1"], [0.955] + [0.005] * 9),  # 0.5·onehot + 0.5·S_0[0], S_0 = LS 0.1
+    (["loss.epsilon=[0.3,0.1,0.1,0.1,0.1,0.1,0.1,0.1,0.1,0.1]"], [0.73] + [0.03] * 9),
+    (["loss.epsilon_schedule=mislas"], None),  # class 0's ε depends on the split's counts: run_info's class_epsilon
+], ids=["uniform", "others+balanced", "list+weights", "label_flip", "focal", "confidence_penalty", "negative_ls",
+        "flsd53", "label_relaxation", "online_ls", "class_wise_list", "mislas"])
 def test_loss_options_run(tmp_path, caplog, overrides, target) -> None:
     _, logged = run(tmp_path, caplog, *overrides)
+    if target is None:
+        eps0 = json.loads((tmp_path / "run_info.json").read_text())["class_epsilon"][0]
+        target = [1 - eps0 + eps0 / 10] + [eps0 / 10] * 9
     assert logged == pytest.approx(target, abs=1e-4)
 
 
