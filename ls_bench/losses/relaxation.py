@@ -10,7 +10,7 @@ projection r onto the set's boundary, which keeps the prediction's own shape on 
 r is a constant of the step (computed under no_grad, as in the authors' PyTorch code,
 julilien/LabelRelaxation). It needs no detach to be right, though: Σ_{k≠y} r_k = α is fixed, so
 r's own gradient term Σ_k ∇r_k·(log(r_k/q_k) + 1) vanishes and both give -(1-α)∇log q_y - α∇log Σ_{j≠y} q_j.
-α = 0 is cross-entropy (r = onehot). loss.relax_alpha (default 0.1, the paper's CIFAR value).
+α = 0 is cross-entropy (r = onehot). loss.relax_alpha (default 0.1; the paper tunes α per dataset).
 """
 
 from __future__ import annotations
