@@ -15,7 +15,9 @@ the authors' 0.5·CE + 0.5·soft CE). Two choices differ from the authors' scrip
   - a class with no correct prediction in an epoch keeps its last row (the authors reset it to
     uniform 1/K).
 S is run state: saved in last.pt (Criterion.state_dict) so a resumed run continues bit for bit.
-The accumulators are read once per epoch, never per step: no host sync in the loop.
+The accumulators are read once per epoch, never per step: no host sync in the loop. Their
+index_add_ is deterministic on the CPU, and on CUDA under trainer.deterministic=true
+(torch.use_deterministic_algorithms lists it among the ops it makes deterministic).
 """
 
 from __future__ import annotations
