@@ -43,8 +43,9 @@ def test_user_error_is_one_line_without_traceback(tmp_path: Path) -> None:
 
 
 def test_a_sweep_that_started_no_job_prints_no_report(tmp_path: Path) -> None:
-    r = run_cli("-m", "loss.epsilon=abc,0.1", *TINY, f"hydra.sweep.dir={tmp_path}")  # Hydra refuses job 1
-    assert r.returncode != 0 and "loss.epsilon" in r.stderr
+    # Hydra's typed schema refuses job 1 (loss.gamma is a float; loss.epsilon, which may be a list, is not)
+    r = run_cli("-m", "loss.gamma=abc,2", *TINY, f"hydra.sweep.dir={tmp_path}")
+    assert r.returncode != 0 and "loss.gamma" in r.stderr
     assert "report" not in r.stdout + r.stderr and not list(tmp_path.glob("summary.*"))
 
 
