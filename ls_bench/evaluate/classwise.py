@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ls_bench.evaluate.metrics import bin_index, check_inputs, check_n_bins
+from ls_bench.evaluate.metrics import check_inputs, check_n_bins, classwise_gaps
 
 GROUPS = ("head", "medium", "tail")
 
@@ -52,10 +52,7 @@ def per_class_accuracy(logits: Tensor, labels: Tensor) -> Tensor:
 def per_class_ece(probs: Tensor, labels: Tensor, n_bins: int = 15) -> Tensor:
     """Each class's term of Kull et al.'s classwise ECE (float64 [K]); their mean is classwise_ece."""
     N, K = probs.shape
-    cls_bin = torch.arange(K, device=probs.device) * n_bins + bin_index(probs, n_bins)  # [N, K]: k·M + m
-    s_p = torch.bincount(cls_bin.flatten(), weights=probs.flatten(), minlength=K * n_bins)
-    s_y = torch.bincount(cls_bin.gather(1, labels[:, None]).flatten(), minlength=K * n_bins).to(s_p.dtype)
-    return (s_y - s_p).abs().view(K, n_bins).sum(1) / N
+    return classwise_gaps(probs, labels, n_bins).view(K, n_bins).sum(1) / N
 
 
 def class_results(logits: Tensor, labels: Tensor, n_bins: int = 15) -> dict[str, Tensor]:

@@ -102,15 +102,21 @@ def adaptive_ece(conf: Tensor, correct: Tensor, n_bins: int = 15) -> float:
     return _weighted_gap(conf, correct, adaptive_bin_index(conf, n_bins), n_bins)
 
 
-def classwise_ece(probs: Tensor, labels: Tensor, n_bins: int = 15) -> float:
-    """Classwise ECE of Kull et al. 2019: every q_k of every sample is binned, per class."""
+def classwise_gaps(probs: Tensor, labels: Tensor, n_bins: int = 15) -> Tensor:
+    """|Σ_{B_mk} 1[y = k] - Σ_{B_mk} q_k| for each class k and bin m of q_k, flat [K·M] (index k·M + m)."""
     N, K = probs.shape
     # Flatten (class, bin) into one index k·M + m so all K histograms are one bincount.
     cls_bin = torch.arange(K, device=probs.device) * n_bins + bin_index(probs, n_bins)  # [N, K]
     s_p = torch.bincount(cls_bin.flatten(), weights=probs.flatten(), minlength=K * n_bins)
     # Σ_{B_mk} 1[y = k]: only the label entry of each row is 1, so count (y, bin of q_y) pairs.
     s_y = torch.bincount(cls_bin.gather(1, labels[:, None]).flatten(), minlength=K * n_bins).to(s_p.dtype)
-    return float((s_y - s_p).abs().sum() / (N * K))
+    return (s_y - s_p).abs()
+
+
+def classwise_ece(probs: Tensor, labels: Tensor, n_bins: int = 15) -> float:
+    """Classwise ECE of Kull et al. 2019: every q_k of every sample is binned, per class."""
+    N, K = probs.shape
+    return float(classwise_gaps(probs, labels, n_bins).sum() / (N * K))
 
 
 def calibration_bins(conf: Tensor, correct: Tensor, n_bins: int = 15) -> dict[str, list[float]]:
