@@ -114,7 +114,7 @@ def logit_spread(logits: Tensor, labels: Tensor) -> float:
 def one_thread() -> contextlib.AbstractContextManager:
     """scikit-learn's BLAS and OpenMP on one thread: on small matrices their threads mostly wait for
     each other, and beside torch's on a busy 2-core machine a 20,000 x 64 logistic regression took
-    ~30x longer on 2 threads than on 1 (3.6 s against 0.1 s for the same 4 iterations, AVX512-BF16 EPYC)."""
+    ~30x longer on 2 threads than on 1 (3.6 s against 0.1 s for the same 4 iterations, AVX512-BF16 Xeon)."""
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(1)
