@@ -57,6 +57,12 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "small_cnn"
+    # Start from a finished run's final weights instead of random ones (ls_bench.init_weights): its
+    # folder, or a sweep folder where the one finished run with every key of init_select (and, with
+    # init_same_seed, this run's seed) is chosen, as loss.teacher chooses a teacher.
+    init_from: Optional[str] = None
+    init_select: Dict[str, Any] = field(default_factory=dict)
+    init_same_seed: bool = True
 
 
 @dataclass
@@ -280,6 +286,8 @@ def validate(cfg: Config) -> None:
     for key, value, known in _unknown_fields(cfg)[:1]:
         raise invalid(key, value, f"not a field of the schema; known here: {', '.join(known)}")
     _validate_loss(cfg.loss)
+    _check(cfg.model.init_from not in (None, "") or not cfg.model.init_select, "model.init_select",
+           dict(cfg.model.init_select), "is only read with model.init_from (a sweep folder to select from)")
     _validate_data(cfg.data)
     _validate_optim_sched(cfg.optim, cfg.sched, cfg.trainer.epochs)
     _validate_trainer(cfg.trainer)

@@ -20,6 +20,7 @@ from ls_bench.data.readers import check_dataset
 from ls_bench.errors import invalid
 from ls_bench.evaluate.metrics import default_top_k
 from ls_bench.evaluate.shift import check_eval, check_eval_against_data
+from ls_bench.init_weights import check_init_from, load_init_weights
 from ls_bench.losses import Criterion, as_multiclass, check_loss, make_criterion
 from ls_bench.machine import (
     autocast,
@@ -56,6 +57,7 @@ class Run:
     top_k: int | None
     machine: dict[str, Any] = field(default_factory=dict)  # threads, allocator: for run_info.json
     backends: dict[str, Any] = field(default_factory=dict)  # TF32, determinism: for run_info.json
+    init_from: dict[str, Any] = field(default_factory=dict)  # model.init_from's source run: for run_info.json
 
     def loss_generator(self, seed: int) -> torch.Generator:
         """label_flip's random numbers: on the run's device, or the CPU for exact reruns on CUDA."""
@@ -107,6 +109,7 @@ def check_config(cfg: Config) -> Path | None:
 def setup(cfg: Config) -> Run:
     """Everything that can fail on bad input, done before any training starts."""
     teacher_dir = check_config(cfg)
+    init_dir = check_init_from(cfg) if cfg.model.init_from not in (None, "") else None
     mixer = make_mixer(cfg.mix.name, cfg.mix.alpha, cfg.mix.prob) if cfg.mix.name != "none" else None
     threads = set_threads(cfg.trainer.num_threads)
     allocator_tuned = tune_allocator()
@@ -127,7 +130,9 @@ def setup(cfg: Config) -> Run:
                                ds.human.get("train")).to(device)
 
     torch.manual_seed(seeds["init"])  # initial weights depend on the init seed only, never on ε
-    model = build_model(cfg.model.name, ds.in_channels, criterion.num_outputs, ds.image_size).to(device)
+    model = build_model(cfg.model.name, ds.in_channels, criterion.num_outputs, ds.image_size)
+    init_from = load_init_weights(model, init_dir, ds) if init_dir is not None else {}
+    model = model.to(device)
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
     o, t = cfg.optim, cfg.trainer
@@ -139,7 +144,7 @@ def setup(cfg: Config) -> Run:
                torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
                norm, device, amp_dtype, seeds, steps,
                default_top_k(ds.num_classes, cfg.metrics.top_k),
-               {"threads": threads, "allocator_tuned": allocator_tuned}, backends)
+               {"threads": threads, "allocator_tuned": allocator_tuned}, backends, init_from)
 
 
 def compiled(model: nn.Module, mode: Any) -> nn.Module:

@@ -39,14 +39,19 @@ log = logging.getLogger(__name__)
 MUST_MATCH = ("data.name", "data.classes", "data.split_seed", "data.val_size")
 MUST_MATCH_WITHOUT_TEST_SPLIT = ("data.test_size",)
 NO_TEST_SPLIT = ("digits",)
+# How the errors name the finished run and the one that builds on it, by the key that points at it
+# (model.init_from: ls_bench.init_weights).
+ROLES = {"loss.teacher": ("the teacher", "the student", "a teacher must see the student's inputs and classes"),
+         "model.init_from": ("the source run", "this run", "starting weights must come from a run on this run's "
+                                                           "inputs and classes")}
 
 
-def recorded_config(run_dir: Path, info: dict[str, Any] | None = None) -> dict[str, Any]:
+def recorded_config(run_dir: Path, info: dict[str, Any] | None = None, field: str = "loss.teacher") -> dict[str, Any]:
     """The flat config a run recorded when it started (in `info`, its run_info.json, read here when
     not given), keys added to the schema since then at their defaults (config.with_defaults)."""
     config = (read_json(run_dir / "run_info.json") if info is None else info).get("config")
     if not isinstance(config, dict):
-        raise ConfigError(f"loss.teacher: {run_dir}/run_info.json has no recorded config (not an ls-bench run, or "
+        raise ConfigError(f"{field}: {run_dir}/run_info.json has no recorded config (not an ls-bench run, or "
                           f"one from a version before 0.1)")
     return with_defaults(config)
 
@@ -55,40 +60,38 @@ def finished(run_dir: Path) -> bool:
     return (run_dir / "final.json").is_file() and (run_dir / "last.pt").is_file()
 
 
-def wanted_keys(cfg: Config, known: set[str], sweep: bool) -> dict[str, Any]:
-    """loss.teacher_select flattened (a group stands for its .name key: model=resnet20), plus the
-    student's seed in a sweep folder with teacher_same_seed. A key no candidate has is refused."""
+def wanted_keys(select: dict, select_field: str, seed: int | None, known: set[str]) -> dict[str, Any]:
+    """`select` (loss.teacher_select, model.init_select) flattened (a group stands for its .name key:
+    model=resnet20), plus `seed` when given. A key no candidate has is refused."""
     import difflib
 
     wanted: dict[str, Any] = {}
-    for key, value in flatten(dict(cfg.loss.teacher_select)).items():
+    for key, value in flatten(dict(select)).items():
         key = f"{key}.name" if key not in known and f"{key}.name" in known else key
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=3)
-            raise invalid(f"loss.teacher_select.{key}", value, "is not a config key of the teacher runs"
+            noun = "teacher" if select_field == "loss.teacher_select" else "source"
+            raise invalid(f"{select_field}.{key}", value, f"is not a config key of the {noun} runs"
                           + (f"; did you mean {', '.join(close)}?" if close else ""))
         wanted[key] = value
-    if sweep and cfg.loss.teacher_same_seed:
-        wanted.setdefault("seed", cfg.seed)
+    if seed is not None:
+        wanted.setdefault("seed", seed)
     return wanted
 
 
-def find_teacher(cfg: Config) -> Path:
-    """loss.teacher as one run folder: the folder itself when it is a run, else the one finished
-    run below it with every key of teacher_select (and, with teacher_same_seed, the student's seed)."""
-    lo = cfg.loss
-    if lo.teacher in (None, ""):
-        raise invalid("loss.teacher", lo.teacher,
-                      "must name a finished ls-bench run's folder (or a sweep folder of them) with loss=distill")
-    root = Path(lo.teacher).expanduser()
+def find_run(where: str, field: str, select: dict, select_field: str, seed: int | None) -> Path:
+    """A finished run another run builds on (a teacher, starting weights), named by `field`: the
+    folder `where` itself when it is a run, else the one finished run below it with every key of
+    `select` (and, when `seed` is given, that seed); anything but exactly one is a one-line error."""
+    root = Path(where).expanduser()
     if not root.is_dir():
-        raise invalid("loss.teacher", lo.teacher, "must be an existing folder: a finished run's, or a sweep's")
+        raise invalid(field, where, "must be an existing folder: a finished run's, or a sweep's")
     sweep = not (root / "run_info.json").is_file()
     runs = sorted(p.parent for p in root.rglob("run_info.json")) if sweep else [root]
     if not runs:
-        raise invalid("loss.teacher", lo.teacher, "holds no ls-bench run (no run_info.json in it or below it)")
-    configs = {r: recorded_config(r) for r in runs}
-    wanted = wanted_keys(cfg, {k for c in configs.values() for k in c}, sweep)
+        raise invalid(field, where, "holds no ls-bench run (no run_info.json in it or below it)")
+    configs = {r: recorded_config(r, field=field) for r in runs}
+    wanted = wanted_keys(select, select_field, seed if sweep else None, {k for c in configs.values() for k in c})
     chosen = [r for r in runs if all(configs[r].get(k) == v for k, v in wanted.items())]
     if sweep:
         unfinished = [r for r in chosen if not finished(r)]
@@ -99,46 +102,60 @@ def find_teacher(cfg: Config) -> Path:
         named = ", ".join(str(r.relative_to(root)) for r in shown[:4]) + (f" and {len(shown) - 4} more"
                                                                           if len(shown) > 4 else "")
         skipped = f"; {len(unfinished)} more match but have not finished" if sweep and unfinished else ""
-        raise ConfigError(f"loss.teacher={lo.teacher}: {len(chosen)} of its {len(runs)} runs are finished and have "
+        raise ConfigError(f"{field}={where}: {len(chosen)} of its {len(runs)} runs are finished and have "
                           f"{what} ({'matching' if chosen else 'runs'}: {named}){skipped}; say which with "
-                          f"+loss.teacher_select.KEY=VALUE")
+                          f"+{select_field}.KEY=VALUE")
     return chosen[0]
 
 
-def check_teacher(cfg: Config) -> Path:
-    """The teacher's folder, checked before any data loads: finished, with a checkpoint, a known
-    model, trained on the student's dataset, classes and held-out splits, with a softmax head."""
+def find_teacher(cfg: Config) -> Path:
+    """loss.teacher as one run folder (find_run), with loss.teacher_select and teacher_same_seed."""
+    lo = cfg.loss
+    if lo.teacher in (None, ""):
+        raise invalid("loss.teacher", lo.teacher,
+                      "must name a finished ls-bench run's folder (or a sweep folder of them) with loss=distill")
+    return find_run(lo.teacher, "loss.teacher", lo.teacher_select, "loss.teacher_select",
+                    cfg.seed if lo.teacher_same_seed else None)
+
+
+def check_source(run_dir: Path, cfg: Config, field: str) -> None:
+    """What a teacher or a starting point must be: finished, with a last.pt, a softmax run of a known
+    model on this run's dataset, classes and held-out splits (MUST_MATCH)."""
     from ls_bench.models import check_model
 
-    run_dir = find_teacher(cfg)
     if not (run_dir / "final.json").is_file():
-        raise invalid("loss.teacher", str(run_dir), "has not finished (no final.json): train the teacher first")
+        raise invalid(field, str(run_dir), "has not finished (no final.json): train it first")
     if not (run_dir / "last.pt").is_file():
-        raise invalid("loss.teacher", str(run_dir), "has no last.pt (trainer.checkpoint=false?): it cannot be rebuilt")
-    config, student = recorded_config(run_dir), flat_json(cfg)
+        raise invalid(field, str(run_dir), "has no last.pt (trainer.checkpoint=false?): it cannot be rebuilt")
+    config, this = recorded_config(run_dir, field=field), flat_json(cfg)
     keys = MUST_MATCH + (MUST_MATCH_WITHOUT_TEST_SPLIT if cfg.data.name in NO_TEST_SPLIT else ())
+    source, user, rule = ROLES[field]
     for key in keys:
-        if config.get(key) != student[key]:
-            raise ConfigError(f"loss.teacher={run_dir}: the teacher was trained with {key}={config.get(key)}, the "
-                              f"student has {key}={student[key]}; a teacher must see the student's inputs and classes, "
-                              f"and never its validation or test images")
+        if config.get(key) != this[key]:
+            raise ConfigError(f"{field}={run_dir}: {source} was trained with {key}={config.get(key)}, {user} has "
+                              f"{key}={this[key]}; {rule}, and never its validation or test images")
     if config.get("loss.name") == "binary":
-        raise invalid("loss.teacher", str(run_dir), "was trained with loss=binary (one sigmoid output); "
-                                                    "distillation needs a softmax teacher")
+        raise invalid(field, str(run_dir), "was trained with loss=binary (one sigmoid output); a softmax run is needed")
     try:
         check_model(config.get("model.name"))
     except ConfigError as e:
-        raise ConfigError(f"loss.teacher={run_dir}: its recorded {e}") from None
+        raise ConfigError(f"{field}={run_dir}: its recorded {e}") from None
+
+
+def check_teacher(cfg: Config) -> Path:
+    """The teacher's folder, checked before any data loads (check_source)."""
+    run_dir = find_teacher(cfg)
+    check_source(run_dir, cfg, "loss.teacher")
     return run_dir
 
 
-def teacher_config(run_dir: Path, info: dict[str, Any]) -> Config:
+def teacher_config(run_dir: Path, info: dict[str, Any], field: str = "loss.teacher") -> Config:
     """The teacher's Config, rebuilt from the flat record in its run_info (keys of other versions
     are an error)."""
     from omegaconf import OmegaConf
 
     nested: dict[str, Any] = {}
-    for key, value in recorded_config(run_dir, info).items():
+    for key, value in recorded_config(run_dir, info, field).items():
         node = nested
         *parents, leaf = key.split(".")
         for p in parents:
@@ -147,7 +164,7 @@ def teacher_config(run_dir: Path, info: dict[str, Any]) -> Config:
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), nested))
     except Exception as e:  # omegaconf's errors are several lines
-        raise ConfigError(f"loss.teacher={run_dir}: its recorded config does not fit this version of ls-bench "
+        raise ConfigError(f"{field}={run_dir}: its recorded config does not fit this version of ls-bench "
                           f"({str(e).splitlines()[0]})") from None
 
 
@@ -221,26 +238,28 @@ def teacher_stats(info: dict[str, Any], tcfg: Config, cfg: Config) -> tuple[tupl
     return ds.mean, ds.std
 
 
-def rebuild_model(run_dir: Path, info: dict[str, Any], tcfg: Config, ds: "Dataset") -> nn.Module:
-    """The teacher's architecture with its last.pt weights (weights_only); one-line errors."""
+def rebuild_model(run_dir: Path, info: dict[str, Any], tcfg: Config, ds: "Dataset",
+                  field: str = "loss.teacher") -> nn.Module:
+    """The recorded architecture with its last.pt weights (weights_only); one-line errors naming `field`."""
     from ls_bench.checkpoint import CheckpointError, load_checkpoint
     from ls_bench.models import build_model
 
+    source, user, _ = ROLES[field]
     shape = info.get("image_shape")  # absent from the records of older runs
     if shape is not None and list(shape) != list(ds.train.x.shape[1:]):
-        raise ConfigError(f"loss.teacher={run_dir}: the teacher was trained on images of shape {list(shape)}, the "
-                          f"student's are {list(ds.train.x.shape[1:])}")
+        raise ConfigError(f"{field}={run_dir}: {source} was trained on images of shape {list(shape)}, {user}'s "
+                          f"are {list(ds.train.x.shape[1:])}")
     if "classes" in info and list(info["classes"]) != list(ds.classes):
-        raise ConfigError(f"loss.teacher={run_dir}: the teacher's classes {info['classes']} are not the student's "
+        raise ConfigError(f"{field}={run_dir}: {source}'s classes {info['classes']} are not {user}'s "
                           f"{list(ds.classes)}")
     model = build_model(tcfg.model.name, ds.in_channels, ds.num_classes, ds.image_size)
     try:
         model.load_state_dict(load_checkpoint(run_dir / "last.pt")["model"])
     except CheckpointError as e:
-        raise ConfigError(f"loss.teacher={run_dir}: its last.pt cannot be loaded safely "
+        raise ConfigError(f"{field}={run_dir}: its last.pt cannot be loaded safely "
                           f"({str(e).split('(', 1)[-1].split(';')[0]}") from None
     except (KeyError, RuntimeError) as e:
-        raise ConfigError(f"loss.teacher={run_dir}: its last.pt does not fit a {tcfg.model.name} for "
+        raise ConfigError(f"{field}={run_dir}: its last.pt does not fit a {tcfg.model.name} for "
                           f"{ds.num_classes} classes of {ds.image_size}x{ds.image_size} images "
                           f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     return model

@@ -32,7 +32,7 @@ from ls_bench.checkpoint import (
     restore_training_state,
     save_checkpoint,
 )
-from ls_bench.config import Config, flat_config
+from ls_bench.config import Config, epsilon_values, flat_config
 from ls_bench.data.loader import train_batches
 from ls_bench.errors import RunFailed, first_line
 from ls_bench.evaluate.metrics import compute_metrics
@@ -131,6 +131,7 @@ def build_run_info(run: Run, config: dict[str, Any]) -> dict[str, Any]:
                         "rate_realised": len(ds.noisy_idx) / len(ds.train), **ds.noise_info},
         "normalization": {"mean": list(ds.mean), "std": list(ds.std)},
         **({"teacher": teacher.info} if (teacher := run.criterion.teacher) is not None else {}),
+        **({"init_from": run.init_from} if run.init_from else {}),
         # a class-wise ε (a list, or MiSLAS's schedule from the class counts): each class's, as trained
         **({"class_epsilon": eps.tolist()} if isinstance(eps := run.criterion.epsilon, Tensor) else {}),
     }
@@ -142,6 +143,13 @@ def log_start(run: Run, info: dict[str, Any]) -> None:
     log.info("%s: %d train / %d val / %d test, %d classes; %s on %s (%s, %d threads); target for class 0: %s",
              cfg.data.name, len(ds.train), len(ds.val), len(ds.test), ds.num_classes, cfg.model.name, run.device,
              info["precision"], info["threads"], [round(v, 4) for v in target.tolist()])
+    if run.init_from:
+        log.info("starting from the final weights of %s (loss %s, ε %s, seed %s, test acc %s)", *(
+            run.init_from[k] for k in ("dir", "loss", "epsilon", "seed", "test_acc")))
+    elif any(e < 0 for e in epsilon_values(cfg.loss.epsilon) or []):
+        log.warning("loss.epsilon=%s < 0 from random weights: the loss rewards pushing the wrong classes' "
+                    "log-probabilities down without limit and usually diverges; Wei et al. fine-tune a "
+                    "cross-entropy model (model.init_from=RUN) at lr 1e-6 (docs/losses.md)", cfg.loss.epsilon)
 
 
 @dataclass
