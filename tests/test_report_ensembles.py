@@ -56,3 +56,21 @@ def test_members_with_other_test_labels_are_not_averaged(tmp_path) -> None:
     fake_run(tmp_path / "b", 1, 1.0, labels=torch.zeros(400, dtype=torch.long))
     assert ensemble_numbers(find_runs(tmp_path)) == {}
     assert ensemble_section(find_runs(tmp_path), Baseline()) == []
+
+
+def test_diverged_members_whose_probabilities_underflow_still_get_a_row(tmp_path) -> None:
+    """Logit gaps of 1e4 (a model whose loss ran away): softmax is exactly 0 off the argmax in every member."""
+    for seed in (0, 1):
+        fake_run(tmp_path / f"seed={seed}", seed, 1.0)
+        with np.load(tmp_path / f"seed={seed}" / "predictions.npz") as p:
+            arrays = {k: p[k] * (1e4 if k.endswith("logits") else 1) for k in p.files}
+        np.savez(tmp_path / f"seed={seed}" / "predictions.npz", **arrays)
+    runs = find_runs(tmp_path)
+    out = ensemble_numbers(runs)
+    z0, y = runs[0].predictions("test")
+    assert (torch.softmax(z0.double(), 1) == 0).any()  # the case: underflow to exactly 0
+    assert all(np.isfinite(v) for m in out.values() for v in m.values())
+    q = sum(torch.softmax(r.predictions("test")[0].double(), 1) for r in runs) / 2
+    assert out["ensemble"]["acc"] == pytest.approx((q.argmax(1) == y).double().mean().item())
+    assert out["ensemble"]["nll"] > 100  # confidently wrong: log of float64's smallest normal, not inf
+    assert "| 0.1 | 2 |" in "\n".join(ensemble_section(runs, Baseline()))

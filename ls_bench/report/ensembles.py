@@ -34,7 +34,10 @@ def _mean_probs(runs: Sequence[RunResult], split: str, temperatures: Sequence[fl
     if any(p is None or len(p[1]) == 0 for p in preds) or any(not torch.equal(p[1], preds[0][1]) for p in preds):
         return None
     q = torch.stack([torch.softmax(z.double() / t, 1) for (z, _), t in zip(preds, temperatures)]).mean(0)
-    return q.log(), preds[0][1]
+    # A diverged member (logit gaps beyond ~745) gives probabilities that underflow to 0 in every member:
+    # log 0 = -inf would make the ensemble unscoreable. They are taken as float64's smallest normal number
+    # (log = -708), so the section still has a row for it (study 8's negative-LS runs from random weights).
+    return q.clamp_min(torch.finfo(torch.float64).tiny).log(), preds[0][1]
 
 
 def ensemble_numbers(runs: Sequence[RunResult], n_bins: int = 15) -> dict[str, dict[str, float]]:
