@@ -76,3 +76,16 @@ def test_a_baseline_of_two_keys_pairs_each_setting_with_that_one_run_by_seed() -
     assert by[("none", 0.1)].diffs == {}  # the baseline itself
     with pytest.raises(ValueError, match="'mix.name' is given twice"):
         parse_baseline(["mix=none", "mix.name=mixup"], runs)
+
+
+def test_a_key_an_older_run_never_recorded_counts_as_null_for_the_baseline() -> None:
+    """Runs from before `model.init_from` existed have no such key: `--baseline model.init_from=null`
+    must still find them, so a fine-tune started from them pairs with them by seed; a run that does
+    set the key is not a baseline."""
+    old = [_run(0, s, acc=a) for s, a in [(0, 0.80), (1, 0.70)]]  # no model.init_from key at all
+    tuned = [_run(0.1, s, acc=a, **{"model.init_from": "/x/onehot"}) for s, a in [(0, 0.85), (1, 0.71)]]
+    base = parse_baseline(["loss.epsilon=0", "model.init_from=null"], old + tuned)
+    assert base.matches(old[0].config) and not base.matches(tuned[0].config)
+    groups, _ = build_groups(old + tuned, ["test/acc"], base)
+    d = {g.labels[EPSILON_KEY]: g for g in groups}[0.1].diffs["test/acc"]
+    assert (d.n, d.mean) == (2, pytest.approx(((0.85 - 0.80) + (0.71 - 0.70)) / 2))

@@ -86,7 +86,8 @@ class Baseline:
         return ", ".join(f"{k}={value_label(v)}" for k, v in self.pairs)
 
     def matches(self, config: dict[str, Any]) -> bool:
-        return all(k in config and canonical(config[k]) == canonical(v) for k, v in self.pairs)
+        """A key the run does not have (recorded by an older version, or an unset `+` key) is null."""
+        return all(canonical(config.get(k)) == canonical(v) for k, v in self.pairs)
 
 
 def parse_baseline(text: str | Sequence[str], runs: Sequence[RunResult]) -> Baseline:
