@@ -83,6 +83,17 @@ def test_odir_gradient_is_autograds(data) -> None:
     assert np.abs(g - t.grad.numpy()).max() < 1e-12
 
 
+def test_vector_scaling_gradient_is_autograds(data) -> None:
+    z, y, _, _ = data
+    theta = np.random.default_rng(4).normal(1, 0.2, 10)
+    f, g = linear._nll_grad(theta, z, y, 0.0, 0.0, diag=True)
+    t = torch.tensor(theta, requires_grad=True)
+    loss = torch.nn.functional.cross_entropy(torch.from_numpy(z) * t[:5] + t[5:], torch.from_numpy(y))
+    loss.backward()
+    assert f == pytest.approx(loss.item(), rel=1e-12)
+    assert np.abs(g - t.grad.numpy()).max() < 1e-12
+
+
 def test_odir_cross_validation_picks_the_lowest_held_out_nll(data) -> None:
     z, y, _, _ = data
     p = posthoc.fit("ms_odir", torch.from_numpy(z), torch.from_numpy(y))
