@@ -237,8 +237,9 @@ def flat_json(cfg: Config) -> dict[str, Any]:
 
 def with_defaults(recorded: dict[str, Any]) -> dict[str, Any]:
     """A flat config recorded in a run_info.json, with the keys added to the schema since that run
-    at their defaults: the old run computed exactly what the default computes."""
-    return {**flat_json(Config()), **recorded}
+    at their defaults: the old run computed exactly what the default computes. The recorded keys keep
+    their order (the report's columns follow it); the added ones come after them."""
+    return {**recorded, **{k: v for k, v in flat_json(Config()).items() if k not in recorded}}
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:

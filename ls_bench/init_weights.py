@@ -11,8 +11,11 @@ finished run with every key of `model.init_select` and, with `model.init_same_se
 run's seed; the rules and one-line errors are the distillation teacher's (teacher.find_run,
 teacher.check_source): same model, dataset, classes and held-out splits, so the source never saw
 this run's validation or test images. Only the model's state (its parameters and BatchNorm
-statistics) is taken; the optimiser, the schedule and the epoch count start afresh. A run that
-resumes from its own last.pt continues from there; the source is then not read again.
+statistics) is taken, and the source's input normalisation with it (the weights were trained on
+inputs scaled by its training split's mean and std, which differ when data.train_size or
+data.imbalance do); the optimiser, the schedule and the epoch count start afresh. A run that resumes
+from its own last.pt continues from its own weights, but the source is found, checked and read
+again, as a distillation teacher is: it must still be where it was.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from torch import nn
 from ls_bench.config import Config
 from ls_bench.errors import ConfigError
 from ls_bench.files import read_json
-from ls_bench.teacher import check_source, find_run, rebuild_model, recorded_config, teacher_config
+from ls_bench.teacher import check_source, find_run, rebuild_model, recorded_config, teacher_config, teacher_stats
 
 if TYPE_CHECKING:
     from ls_bench.data import Dataset
@@ -46,6 +49,12 @@ def check_init_from(cfg: Config) -> Path:
         raise ConfigError(f"{FIELD}={run_dir}: the source run trained model.name={source_model}, this run has "
                           f"model.name={m.name}; starting weights must be of the same architecture")
     return run_dir
+
+
+def source_normalization(run_dir: Path, cfg: Config) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The channel mean and std the source's weights were trained with (teacher.teacher_stats)."""
+    info = read_json(run_dir / "run_info.json")
+    return teacher_stats(info, teacher_config(run_dir, info, FIELD), cfg)
 
 
 def load_init_weights(model: nn.Module, run_dir: Path, ds: "Dataset") -> dict[str, Any]:

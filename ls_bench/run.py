@@ -20,7 +20,7 @@ from ls_bench.data.readers import check_dataset
 from ls_bench.errors import invalid
 from ls_bench.evaluate.metrics import default_top_k
 from ls_bench.evaluate.shift import check_eval, check_eval_against_data
-from ls_bench.init_weights import check_init_from, load_init_weights
+from ls_bench.init_weights import check_init_from, load_init_weights, source_normalization
 from ls_bench.losses import Criterion, as_multiclass, check_loss, make_criterion
 from ls_bench.machine import (
     autocast,
@@ -121,6 +121,9 @@ def setup(cfg: Config) -> Run:
         ds = replace(ds, human=human_tables(cfg, {"train": ds.train, "test": ds.test}, ds.official))
     check_metrics_against_data(cfg, ds)
     check_eval_against_data(cfg, ds.test, ds.num_classes)
+    if init_dir is not None:  # its weights expect its inputs' scaling; run_info records it as this run's
+        mean, std = source_normalization(init_dir, cfg)
+        ds = replace(ds, mean=mean, std=std)
     backends = configure_backends(device, amp_dtype, cfg.trainer.deterministic)
     ds = ds.to(device)
     norm = Normalize(ds.mean, ds.std, device, cfg.trainer.channels_last)

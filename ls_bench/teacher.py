@@ -70,8 +70,7 @@ def wanted_keys(select: dict, select_field: str, seed: int | None, known: set[st
         key = f"{key}.name" if key not in known and f"{key}.name" in known else key
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=3)
-            noun = "teacher" if select_field == "loss.teacher_select" else "source"
-            raise invalid(f"{select_field}.{key}", value, f"is not a config key of the {noun} runs"
+            raise invalid(f"{select_field}.{key}", value, "is not a config key of the runs to choose from"
                           + (f"; did you mean {', '.join(close)}?" if close else ""))
         wanted[key] = value
     if seed is not None:

@@ -44,6 +44,17 @@ def test_the_run_starts_from_the_sources_final_weights(sources: Path) -> None:
     assert run.init_from["dir"] == str((sources / "eps0.1_s0").resolve())
 
 
+def test_the_run_scales_its_inputs_as_the_source_was_trained(sources: Path) -> None:
+    """A different data.train_size gives a different training mean and std; the source's weights
+    expect the source's, so the fine-tune takes (and records) those."""
+    source = json.loads((sources / "eps0_s0" / "run_info.json").read_text())["normalization"]
+    other = [*FAST, "data.train_size=128"]
+    own = setup(make_config(*other)).ds
+    assert (list(own.mean), list(own.std)) != (source["mean"], source["std"])
+    run = setup(make_config(*other, f"model.init_from={sources / 'eps0_s0'}"))
+    assert (list(run.ds.mean), list(run.ds.std)) == (source["mean"], source["std"])
+
+
 def test_in_a_sweep_folder_the_source_has_the_seed_and_the_selected_keys(sources: Path) -> None:
     run = setup(make_config(*FAST, f"model.init_from={sources}", "seed=1"))
     assert run.init_from["dir"] == str((sources / "eps0_s1").resolve())
@@ -92,7 +103,7 @@ def test_bad_sources_are_refused_in_one_line(sources: Path, tmp_path: Path) -> N
         ([f"model.init_from={one}", "loss=binary", "data.classes=[3,5]"], "model.init_from=", "loss=binary"),
         (["+model.init_select.loss.epsilon=0"], "model.init_select=", "is only read with model.init_from"),
         ([f"model.init_from={sources}", "+model.init_select.loss.epsilonn=0"], "model.init_select.loss.epsilonn=0",
-         "is not a config key of the source runs; did you mean loss.epsilon"),
+         "is not a config key of the runs to choose from; did you mean loss.epsilon"),
     ]
     for overrides, start, message in cases:
         line = one_line(run_cli(*FAST, *overrides, f"hydra.run.dir={tmp_path / 'run'}"))

@@ -78,14 +78,34 @@ def test_a_baseline_of_two_keys_pairs_each_setting_with_that_one_run_by_seed() -
         parse_baseline(["mix=none", "mix.name=mixup"], runs)
 
 
-def test_a_key_an_older_run_never_recorded_counts_as_null_for_the_baseline() -> None:
-    """Runs from before `model.init_from` existed have no such key: `--baseline model.init_from=null`
-    must still find them, so a fine-tune started from them pairs with them by seed; a run that does
-    set the key is not a baseline."""
-    old = [_run(0, s, acc=a) for s, a in [(0, 0.80), (1, 0.70)]]  # no model.init_from key at all
-    tuned = [_run(0.1, s, acc=a, **{"model.init_from": "/x/onehot"}) for s, a in [(0, 0.85), (1, 0.71)]]
-    base = parse_baseline(["loss.epsilon=0", "model.init_from=null"], old + tuned)
-    assert base.matches(old[0].config) and not base.matches(tuned[0].config)
-    groups, _ = build_groups(old + tuned, ["test/acc"], base)
-    d = {g.labels[EPSILON_KEY]: g for g in groups}[0.1].diffs["test/acc"]
+def test_a_fine_tune_pairs_with_runs_recorded_before_its_keys_existed(tmp_path: Path) -> None:
+    """Study 8's case: one-hot runs recorded before model.init_* existed, and negative-LS fine-tunes
+    started from them, which record model.init_from, model.init_same_seed and the `+` key
+    model.init_select.loss.epsilon. The old runs read with today's defaults for the keys added
+    since (init_same_seed does not vary), an unset `+` key counts as null, and each fine-tune pairs
+    with its seed's old run."""
+    import json
+
+    from ls_bench.config import Config, flat_json
+    from ls_bench.report.runs import read_run
+
+    today = flat_json(Config())
+    old = {k: v for k, v in today.items() if not k.startswith("model.init_")}
+
+    def run(name: str, config: dict, acc: float) -> RunResult:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run_info.json").write_text(json.dumps({"config": config}))
+        (tmp_path / name / "final.json").write_text(json.dumps({"test/acc": acc}))
+        return read_run(tmp_path / name)
+
+    tuned = {**today, "loss.epsilon": -0.1, "loss.allow_negative": True, "model.init_from": "/x/ls",
+             "model.init_select.loss.epsilon": 0}
+    runs = [run(f"old{s}", {**old, "seed": s}, a) for s, a in [(0, 0.80), (1, 0.70)]]
+    runs += [run(f"nls{s}", {**tuned, "seed": s}, a) for s, a in [(0, 0.85), (1, 0.71)]]
+    base = parse_baseline(["loss.epsilon=0", "loss.allow_negative=false", "model.init_from=null",
+                           "model.init_select.loss.epsilon=null"], runs)
+    assert base.matches(runs[0].config) and not base.matches(runs[2].config)
+    groups, keys = build_groups(runs, ["test/acc"], base)
+    assert "model.init_same_seed" not in keys
+    d = {g.labels[EPSILON_KEY]: g for g in groups}[-0.1].diffs["test/acc"]
     assert (d.n, d.mean) == (2, pytest.approx(((0.85 - 0.80) + (0.71 - 0.70)) / 2))

@@ -159,7 +159,7 @@ def test_a_one_run_sweep_folder_still_pairs_by_seed_and_unfinished_runs_are_skip
 
 def test_teacher_select_keys_are_checked_and_groups_stand_for_their_name(teachers: Path) -> None:
     with pytest.raises(ConfigError, match=r"^loss.teacher_select.loss.epsilonn=0 is invalid: is not a config key of "
-                                          r"the teacher runs; did you mean loss.epsilon"):
+                                          r"the runs to choose from; did you mean loss.epsilon"):
         student(f"loss.teacher={teachers}", "+loss.teacher_select.loss.epsilonn=0")
     cfg = student(f"loss.teacher={teachers}", "seed=1", "+loss.teacher_select.model=small_cnn")
     assert find_teacher(cfg) == teachers / "eps0_s1"  # model=small_cnn read as model.name=small_cnn

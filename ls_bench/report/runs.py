@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from ls_bench.config import flatten
+from ls_bench.config import flatten, with_defaults
 from ls_bench.files import read_json
 from ls_bench.logs import read_jsonl
 
@@ -50,6 +50,7 @@ def read_run(job_dir: Path, config: dict[str, Any] | None = None) -> RunResult:
         config = info["config"]
     elif config is None:
         config = flatten(yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text()) or {})
+    config = with_defaults(config)  # a run from before a key existed computed its default: it pairs with today's
     if (job_dir / "final.json").exists():
         return RunResult(job_dir, config, "done", json.loads((job_dir / "final.json").read_text()))
     if (job_dir / "failed.json").exists():

@@ -86,7 +86,8 @@ class Baseline:
         return ", ".join(f"{k}={value_label(v)}" for k, v in self.pairs)
 
     def matches(self, config: dict[str, Any]) -> bool:
-        """A key the run does not have (recorded by an older version, or an unset `+` key) is null."""
+        """A key the run does not have (an unset `+` key such as model.init_select.loss.epsilon) is null;
+        keys added to the schema since an older run are at their defaults already (runs.read_run)."""
         return all(canonical(config.get(k)) == canonical(v) for k, v in self.pairs)
 
 
