@@ -20,7 +20,7 @@ def options(group: str) -> list[str]:
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_group_option_composes(group: str, option: str) -> None:
     extra = ["data.root=/tmp"]  # required by imagefolder (and the study presets that use it), ignored by digits
-    if (group, option) in (("loss", "distill"), ("experiment", "study_distill")):  # needs a finished teacher run:
+    if (group, option) in (("loss", "distill"), ("experiment", "study_distill"), ("experiment", "study_distill_full")):  # needs a finished teacher run:
         # tests/test_teacher.py
         with pytest.raises(ConfigError, match=r"^loss.teacher=None is invalid: must name a finished ls-bench run"):
             make_config(f"{group}={option}", *extra)
@@ -46,6 +46,15 @@ def test_experiment_cifar100_resnet56_is_mueller_setup() -> None:
     assert (cfg.data.name, cfg.model.name) == ("cifar100", "resnet56")
     assert cfg.optim.nesterov and cfg.optim.momentum == 0.9 and cfg.optim.lr == 0.1
     assert cfg.optim.weight_decay == 1e-4 and cfg.trainer.batch_size == 128 and cfg.sched.name == "step"
+
+
+def test_experiment_study_distill_full_students_have_study1s_recipe() -> None:
+    """Study 4 (r): a student without a teacher is study 1's ResNet-20 recipe with the small_cnn, so
+    the teacher gate (the teacher beats it) compares like with like."""
+    student = make_config("experiment=study_distill_full", "loss=label_smoothing", "data.root=/tmp")
+    study1 = make_config("experiment=study_full_short", "model=small_cnn", "data.root=/tmp")
+    assert student == study1
+    assert student.data.augment and student.data.train_size is None and student.trainer.epochs == 6
 
 
 def test_misspelt_key_fails_at_composition() -> None:
