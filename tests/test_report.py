@@ -205,6 +205,24 @@ def test_metrics_option_chooses_the_columns_and_rejects_unknown_keys(sweep: Path
     assert bad.stderr.count("\n") == 1 and "'test/accuracy'" in bad.stderr and "test/nll" in bad.stderr
 
 
+def test_only_reports_the_runs_with_the_given_config(sweep: Path, tmp_path: Path) -> None:
+    """--only seed=1: the table holds seed 1's runs alone (each cell its final.json value, n = 1);
+    a key no run has, or a value none has, is one line."""
+    cmd = [sys.executable, "-m", "ls_bench.report", str(sweep), "--no-plots", "--out", str(tmp_path)]
+    r = subprocess.run([*cmd, "--only", "seed=1", "--only", "loss=label_smoothing"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
+    runs = finals(sweep)
+    assert sorted(float(row[EPSILON_KEY]) for row in rows) == [0.0, 0.1]
+    for row in rows:
+        assert (row["n"], row["seeds"]) == ("1", "1")
+        assert float(row["test/acc mean"]) == runs[(float(row[EPSILON_KEY]), 1)]["test/acc"]
+    for bad, says in ((["--only", "seed=7"], "--only seed=7: none of the 4 runs has seed=7"),
+                      (["--only", "sead=1"], "--only: 'sead' is not a config key of these runs")):
+        out = subprocess.run([*cmd, *bad], capture_output=True, text=True)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1 and says in out.stderr, out.stderr
+
+
 def test_a_closed_terminal_does_not_cost_the_report_files(sweep: Path, tmp_path: Path) -> None:
     """`ls-bench-report SWEEP | head -3`: the pipe closes early; the files are written anyway."""
     proc = subprocess.Popen([sys.executable, "-m", "ls_bench.report", str(sweep), "--out", str(tmp_path)],

@@ -24,7 +24,7 @@ from ls_bench.report.ensembles import ensemble_section
 from ls_bench.report.plots import plot_curves, plot_metrics, plot_reliability
 from ls_bench.report.robustness import markdown_sections, plot_shift
 from ls_bench.report.runs import RunResult, find_runs, numeric_keys, present, problems
-from ls_bench.report.stats import EPSILON_KEY, LEVEL, Baseline, Group, build_groups, parse_baseline
+from ls_bench.report.stats import EPSILON_KEY, LEVEL, Baseline, Group, build_groups, only, parse_baseline
 from ls_bench.report.study import TITLE, study_section
 from ls_bench.report.tables import csv_rows, md_table, tables, text_table, write_csv
 from ls_bench.report.teacher import teacher_section
@@ -50,13 +50,16 @@ def choose_metrics(runs: Sequence[RunResult], wanted: Sequence[str] | None) -> l
 
 
 def report(sweep_dir: Path, plots: bool = True, out: Any = sys.stdout, metrics: Sequence[str] | None = None,
-           out_dir: Path | None = None, baseline: str | Sequence[str] = f"{EPSILON_KEY}=0") -> list[Group]:
+           out_dir: Path | None = None, baseline: str | Sequence[str] = f"{EPSILON_KEY}=0",
+           keep: Sequence[str] = ()) -> list[Group]:
     """Read, aggregate, print, and write summary.csv, summary.md and the plots into out_dir
     (default: sweep_dir). `metrics`: the final.json keys of the tables and plots (default:
-    METRICS, as present)."""
+    METRICS, as present); `keep`: KEY=VALUE items a run's config must have to be reported (--only)."""
     runs = find_runs(sweep_dir)
     if not runs:
         raise FileNotFoundError(f"no run directories (with .hydra/config.yaml) below {sweep_dir}")
+    if keep:
+        runs = only(keep, runs)
     chosen = bool(metrics)
     metrics = choose_metrics(runs, metrics)
     base = parse_baseline(baseline, runs)
@@ -144,6 +147,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "(default: loss.epsilon=0; e.g. mix=none, loss=label_smoothing, loss.kd_temperature=1); "
                              "repeat it for a baseline that differs in several keys: --baseline mix=none "
                              "--baseline loss.epsilon=0.1")
+    parser.add_argument("--only", action="append", metavar="KEY=VALUE", default=[],
+                        help="report only the runs whose config has KEY=VALUE (repeatable; e.g. seed=0 for the "
+                             "seed a hyperparameter is chosen on, loss=focal)")
     parser.add_argument("--out", type=Path, help="write summary.csv, summary.md and the plots here instead of "
                                                  "into SWEEP_DIR (created if needed)")
     args = parser.parse_args(argv)
@@ -151,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.exit(2, f"ls-bench-report: error: {args.sweep_dir} is not a directory\n")
     try:
         report(args.sweep_dir, plots=not args.no_plots, metrics=args.metrics, out_dir=args.out,
-               baseline=args.baseline or f"{EPSILON_KEY}=0")
+               baseline=args.baseline or f"{EPSILON_KEY}=0", keep=args.only)
     except (FileNotFoundError, ValueError) as e:
         parser.exit(2, f"ls-bench-report: error: {e}\n")
     except BrokenPipeError:  # `| head` closed stdout; the files were written before printing

@@ -96,23 +96,41 @@ def parse_baseline(text: str | Sequence[str], runs: Sequence[RunResult]) -> Base
     --baseline) for a baseline that differs in several keys; a config group may be named for its
     `.name` key (`mix=none` is `mix.name=none`). A KEY no run has is an error naming the keys that
     vary; a KEY given twice is an error."""
+    pairs = parse_pairs("--baseline", [text] if isinstance(text, str) else text, runs)
+    (key, value), *also = pairs.items()
+    return Baseline(key, value, tuple(also))
+
+
+def parse_pairs(option: str, items: Sequence[str], runs: Sequence[RunResult]) -> dict[str, Any]:
+    """`KEY=VALUE` items of a command-line option (VALUE in YAML; a config group may be named for its
+    `.name` key) as {key: value}; a KEY no run has, or one given twice, is a one-line error."""
     known = {k for r in runs for k in r.config}
     pairs: dict[str, Any] = {}
-    for item in [text] if isinstance(text, str) else text:
+    for item in items:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ValueError(f"--baseline {item!r}: expected KEY=VALUE, e.g. loss.epsilon=0 or loss=label_smoothing")
+            raise ValueError(f"{option} {item!r}: expected KEY=VALUE, e.g. loss.epsilon=0 or loss=label_smoothing")
         if key not in known and f"{key}.name" in known:
             key = f"{key}.name"
         if key not in known:
-            raise ValueError(f"--baseline: {key!r} is not a config key of these runs; keys that vary: "
+            raise ValueError(f"{option}: {key!r} is not a config key of these runs; keys that vary: "
                              f"{', '.join(varying_keys(runs)) or 'none'}")
         if key in pairs:
-            raise ValueError(f"--baseline: {key!r} is given twice")
+            raise ValueError(f"{option}: {key!r} is given twice")
         pairs[key] = yaml.safe_load(value)
-    (key, value), *also = pairs.items()
-    return Baseline(key, value, tuple(also))
+    return pairs
+
+
+def only(items: Sequence[str], runs: Sequence[RunResult]) -> list[RunResult]:
+    """The runs whose config has every `KEY=VALUE` of `items` (--only: a report of part of a folder,
+    e.g. the seed a hyperparameter is chosen on); none left is an error."""
+    pairs = parse_pairs("--only", items, runs)
+    kept = [r for r in runs if all(canonical(r.config.get(k)) == canonical(v) for k, v in pairs.items())]
+    if not kept:
+        raise ValueError(f"--only {' '.join(items)}: none of the {len(runs)} runs has "
+                         f"{', '.join(f'{k}={v}' for k, v in pairs.items())}")
+    return kept
 
 
 @dataclass
