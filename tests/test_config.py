@@ -20,8 +20,8 @@ def options(group: str) -> list[str]:
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_group_option_composes(group: str, option: str) -> None:
     extra = ["data.root=/tmp"]  # required by imagefolder (and the study presets that use it), ignored by digits
-    if (group, option) in (("loss", "distill"), ("experiment", "study_distill"), ("experiment", "study_distill_full")):  # needs a finished teacher run:
-        # tests/test_teacher.py
+    needs_teacher = (("loss", "distill"), ("experiment", "study_distill"), ("experiment", "study_distill_full"))
+    if (group, option) in needs_teacher:  # needs a finished teacher run: tests/test_teacher.py
         with pytest.raises(ConfigError, match=r"^loss.teacher=None is invalid: must name a finished ls-bench run"):
             make_config(f"{group}={option}", *extra)
         return
