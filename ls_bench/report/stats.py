@@ -86,9 +86,14 @@ class Baseline:
         return ", ".join(f"{k}={value_label(v)}" for k, v in self.pairs)
 
     def matches(self, config: dict[str, Any]) -> bool:
-        """A key the run does not have (an unset `+` key such as model.init_select.loss.epsilon) is null;
-        keys added to the schema since an older run are at their defaults already (runs.read_run)."""
-        return all(canonical(config.get(k)) == canonical(v) for k, v in self.pairs)
+        return has_all(config, self.pairs)
+
+
+def has_all(config: dict[str, Any], pairs: Iterable[tuple[str, Any]]) -> bool:
+    """Whether a run's config has every (key, value) of `pairs`, 0 and 0.0 alike. A key the run does
+    not have (an unset `+` key such as model.init_select.loss.epsilon) is null; keys added to the
+    schema since an older run are at their defaults already (runs.read_run)."""
+    return all(canonical(config.get(k)) == canonical(v) for k, v in pairs)
 
 
 def parse_baseline(text: str | Sequence[str], runs: Sequence[RunResult]) -> Baseline:
@@ -126,7 +131,7 @@ def only(items: Sequence[str], runs: Sequence[RunResult]) -> list[RunResult]:
     """The runs whose config has every `KEY=VALUE` of `items` (--only: a report of part of a folder,
     e.g. the seed a hyperparameter is chosen on); none left is an error."""
     pairs = parse_pairs("--only", items, runs)
-    kept = [r for r in runs if all(canonical(r.config.get(k)) == canonical(v) for k, v in pairs.items())]
+    kept = [r for r in runs if has_all(r.config, pairs.items())]
     if not kept:
         raise ValueError(f"--only {' '.join(items)}: none of the {len(runs)} runs has "
                          f"{', '.join(f'{k}={v}' for k, v in pairs.items())}")
